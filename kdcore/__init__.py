@@ -1,0 +1,1 @@
+"""Shared core of the toolkit: modelling glue over HF encoders, the training runtime, CLI plumbing."""

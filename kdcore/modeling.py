@@ -1,0 +1,420 @@
+"""Modelling glue over Hugging Face encoders (BERT, RoBERTa, XLM-R).
+
+* `load_teacher`   – a frozen, eval-mode teacher from a HF folder or a bare weights file + config + vocab.
+* `build_student`  – a student from a config JSON (size fields only; vocabulary from the teacher) or a folder.
+* `SelfAttentionCapture` – forward hooks on the query/key/value projections of chosen layers, so the losses
+  can read per-head Q, K, V while the model keeps its fast SDPA attention. (HF's `output_attentions` is empty
+  under SDPA and is taken after dropout in train mode, so it is never used here.)
+* `attention_scores` / `attention_probs` – QK^T/sqrt(d) (+ padding mask) rebuilt from captured Q, K.
+* `save_model` – an atomic `save_pretrained` folder (config, model.safetensors, tokenizer files).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .cli import UserError
+
+# Fields of a student config that describe its size; everything else (vocabulary, positions, token types,
+# special ids, model type) follows the teacher so that the student reads the teacher's tokenizer.
+STUDENT_SIZE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "initializer_range",
+    "layer_norm_eps",
+)
+FOLLOW_TEACHER_FIELDS = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+def _read_config(path: str, argname: str):
+    from transformers import AutoConfig, BertConfig
+
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"{argname} {path}: folder has no config.json")
+        return AutoConfig.from_pretrained(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{argname}: no such file or folder: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{argname} {path}: not a JSON config ({err})")
+    model_type = raw.pop("model_type", "bert")
+    if model_type == "minilm":  # the MiniLM release calls its BERT-architecture models "minilm"
+        model_type = "bert"
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise UserError(f"{argname} {path}: unknown model_type {model_type!r}")
+    config = CONFIG_MAPPING[model_type](**raw) if model_type != "bert" else BertConfig(**raw)
+    return config
+
+
+def check_config(config, argname: str) -> None:
+    """Reject configs HF would crash on later with a less helpful message."""
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if hidden is not None and heads is not None and (heads <= 0 or hidden % heads != 0):
+        raise UserError(
+            f"{argname}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+        )
+
+
+def load_tokenizer(path: str, argname: str = "--tokenizer_name", do_lower_case: bool | None = None):
+    """A fast tokenizer from a folder, or from a bare `vocab.txt` (WordPiece) / `*.model` (SentencePiece)."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if path is None:
+        raise UserError(f"{argname} is required")
+    kwargs = {} if do_lower_case is None else {"do_lower_case": do_lower_case}
+    if os.path.isdir(path):
+        try:
+            return AutoTokenizer.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{argname} {path}: cannot load a tokenizer from this folder ({err})")
+    if not os.path.isfile(path):
+        raise UserError(f"{argname}: no such file or folder: {path}")
+    if path.endswith(".model"):
+        from transformers import XLMRobertaTokenizerFast
+
+        return XLMRobertaTokenizerFast(vocab_file=path)
+    return BertTokenizerFast(vocab_file=path, **kwargs)
+
+
+def _load_state_dict(path: str, argname: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        # Never unpickle a user's file: weights_only refuses anything but tensors and plain containers.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{argname} {path}: cannot read weights ({err})")
+
+
+def _weights_file_in(folder: str) -> str | None:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    if any(n.endswith(".safetensors.index.json") or n.endswith(".bin.index.json") for n in os.listdir(folder)):
+        return folder  # sharded; let from_pretrained handle it
+    return None
+
+
+def load_model(
+    model_path: str,
+    model_class=None,
+    config_name: str | None = None,
+    argname: str = "--model_name_or_path",
+    **config_overrides,
+):
+    """Load a HF model from a folder, or from a bare weights file plus `config_name` (the seed READMEs' style).
+
+    `model_class` defaults to `AutoModel` (the bare encoder). Missing encoder weights are an error; heads that a
+    task adds (e.g. a classifier) may be missing and are initialised as usual.
+    """
+    from transformers import AutoModel
+
+    model_class = model_class or AutoModel
+    if model_path is None:
+        raise UserError(f"{argname} is required")
+    if os.path.isdir(model_path) and config_name is None:
+        config = _read_config(model_path, argname)
+        if _weights_file_in(model_path) is None:
+            raise UserError(f"{argname} {model_path}: folder has no model.safetensors or pytorch_model.bin")
+        for key, value in config_overrides.items():
+            setattr(config, key, value)
+        check_config(config, argname)
+        model, info = model_class.from_pretrained(model_path, config=config, output_loading_info=True)
+        _check_loading_info(info, model, argname, model_path)
+        return model
+    # A bare weights file (or a folder whose config is given separately).
+    weights = model_path
+    if os.path.isdir(model_path):
+        weights = _weights_file_in(model_path)
+        if weights is None:
+            raise UserError(f"{argname} {model_path}: folder has no model.safetensors or pytorch_model.bin")
+    elif not os.path.isfile(model_path):
+        raise UserError(f"{argname}: no such file or folder: {model_path}")
+    if config_name is None:
+        raise UserError(f"{argname} {model_path} is a weights file: give --config_name (a config JSON) too")
+    config = _read_config(config_name, "--config_name")
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    check_config(config, "--config_name")
+    model = model_class.from_config(config)
+    state = _load_state_dict(weights, argname)
+    state = _match_prefix(state, model)
+    info = model.load_state_dict(state, strict=False)
+    _check_loading_info(
+        {"missing_keys": info.missing_keys, "unexpected_keys": info.unexpected_keys}, model, argname, weights
+    )
+    return model
+
+
+def _match_prefix(state: dict, model: nn.Module) -> dict:
+    """Original checkpoints store `bert.encoder...` for heads models and `encoder...` for bare ones."""
+    own = set(model.state_dict())
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and not any(k.startswith(prefix + ".") for k in own):  # bare model: strip "bert."
+        return {k[len(prefix) + 1 :] if k.startswith(prefix + ".") else k: v for k, v in state.items()}
+    if prefix and any(k.startswith(prefix + ".") for k in own) and not any(k.startswith(prefix + ".") for k in state):
+        return {(prefix + "." + k if (prefix + "." + k) in own else k): v for k, v in state.items()}
+    return state
+
+
+def _check_loading_info(info: dict, model: nn.Module, argname: str, path: str) -> None:
+    base_prefix = getattr(model, "base_model_prefix", "")
+    has_head = model is not getattr(model, "base_model", model)
+    missing = list(info.get("missing_keys", []))
+    if has_head:  # a task head may legitimately be new; the encoder may not
+        missing = [k for k in missing if k.startswith(base_prefix + ".")]
+    missing = [k for k in missing if "position_ids" not in k and not k.startswith(("pooler.", base_prefix + ".pooler."))]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise UserError(f"{argname} {path}: weights do not fit the config; missing {len(missing)} keys ({shown})")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_teacher(teacher_model: str, config_name: str | None = None, model_class=None, argname="--teacher_model"):
+    """A frozen, eval-mode teacher. Folder, or weights file + `config_name`."""
+    return freeze(load_model(teacher_model, model_class=model_class, config_name=config_name, argname=argname))
+
+
+def build_student(student_model: str, teacher_config=None, tokenizer=None, model_class=None, argname="--student_model"):
+    """A student from a config JSON or a pretrained folder.
+
+    From a config JSON only the size fields (`STUDENT_SIZE_FIELDS`) are read; vocabulary size, positions, token
+    types, pad id and the model type follow the teacher, so that the student reads the teacher's tokenizer.
+    From a folder the weights are loaded, and its vocabulary must equal the teacher's.
+    """
+    from transformers import AutoModel
+
+    model_class = model_class or AutoModel
+    if student_model is None:
+        raise UserError(f"{argname} is required")
+    is_pretrained = os.path.isdir(student_model) and _weights_file_in(student_model) is not None
+    if is_pretrained:
+        model = load_model(student_model, model_class=model_class, argname=argname)
+        check_vocab(model.config, tokenizer, teacher_config, argname)
+        return model
+    config_path = os.path.join(student_model, "config.json") if os.path.isdir(student_model) else student_model
+    if not os.path.isfile(config_path):
+        raise UserError(f"{argname}: no such config file or model folder: {student_model}")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{argname} {config_path}: not a JSON config ({err})")
+    if teacher_config is None:
+        config = _read_config(config_path, argname)
+    else:
+        config = teacher_config.__class__.from_dict(teacher_config.to_dict())
+        for key in STUDENT_SIZE_FIELDS:
+            if key in raw:
+                setattr(config, key, raw[key])
+        if "vocab_size" in raw and raw["vocab_size"] != teacher_config.vocab_size:
+            raise UserError(
+                f"{argname} {config_path}: vocab_size {raw['vocab_size']} differs from the teacher's "
+                f"{teacher_config.vocab_size}; drop it from the config (the student takes the teacher's vocabulary)"
+            )
+    check_config(config, argname)
+    check_vocab(config, tokenizer, teacher_config, argname)
+    return model_class.from_config(config)
+
+
+def check_vocab(config, tokenizer=None, teacher_config=None, argname="--student_model") -> None:
+    """The student must embed exactly the token ids the teacher's tokenizer produces."""
+    if teacher_config is not None and config.vocab_size != teacher_config.vocab_size:
+        raise UserError(
+            f"{argname}: vocabulary size {config.vocab_size} does not match the teacher's {teacher_config.vocab_size}"
+        )
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise UserError(
+            f"{argname}: tokenizer has {len(tokenizer)} tokens but the model embeds only {config.vocab_size}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Capturing Q / K / V without eager attention
+# --------------------------------------------------------------------------------------------------------------
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a BERT/RoBERTa/XLM-R model (with or without a task head, DDP-wrapped or not)."""
+    model = getattr(model, "module", model)
+    base = getattr(model, "base_model", model)
+    try:
+        return base.encoder.layer
+    except AttributeError:
+        raise UserError(f"{type(model).__name__}: not a BERT-style encoder (no encoder.layer)")
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, T, H*d) -> (B, H, T, d)."""
+    b, t, hd = x.shape
+    return x.view(b, t, num_heads, hd // num_heads).transpose(1, 2)
+
+
+@dataclass
+class CapturedLayer:
+    query: torch.Tensor | None = None  # (B, H, T, d)
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+
+
+@dataclass
+class SelfAttentionCapture:
+    """Forward hooks that record the per-head query/key/value projections of chosen layers.
+
+    Usage::
+
+        with SelfAttentionCapture(model, layers=[5], parts=("query", "key")) as cap:
+            out = model(**batch, output_hidden_states=True)
+        q, k = cap[5].query, cap[5].key          # (B, H, T, d), with grad if the model has grad
+
+    Only the listed layers and parts are hooked, so nothing else is kept alive. Attention itself still runs in
+    whatever implementation the model was loaded with (SDPA by default).
+    """
+
+    model: nn.Module
+    layers: list[int]
+    parts: tuple[str, ...] = ("query", "key", "value")
+    captured: dict[int, CapturedLayer] = field(default_factory=dict)
+
+    def __post_init__(self):
+        blocks = encoder_layers(self.model)
+        n = len(blocks)
+        self.layers = [layer % n if layer < 0 else layer for layer in self.layers]
+        for layer in self.layers:
+            if not 0 <= layer < n:
+                raise UserError(f"layer {layer} does not exist: the model has {n} layers")
+        unknown = set(self.parts) - {"query", "key", "value"}
+        if unknown:
+            raise ValueError(f"unknown parts {unknown}")
+        self._blocks = blocks
+        self._handles = []
+
+    def __enter__(self):
+        self.captured = {layer: CapturedLayer() for layer in self.layers}
+        for layer in self.layers:
+            attn = self._blocks[layer].attention.self
+            heads = attn.num_attention_heads
+            for part in self.parts:
+                self._handles.append(getattr(attn, part).register_forward_hook(self._hook(layer, part, heads)))
+        return self
+
+    def _hook(self, layer: int, part: str, heads: int):
+        def hook(module, inputs, output):
+            setattr(self.captured[layer], part, split_heads(output, heads))
+
+        return hook
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        return False
+
+    def __getitem__(self, layer: int) -> CapturedLayer:
+        n = len(self._blocks)
+        return self.captured[layer % n if layer < 0 else layer]
+
+
+def attention_scores(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw attention scores QK^T / sqrt(d), (B, H, T, T), computed in fp32.
+
+    With `attention_mask` (B, T; 1 = real token) padded keys get -inf, exactly what softmax ignores.
+    """
+    d = query.size(-1)
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(d)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
+    return scores
+
+
+def attention_probs(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(QK^T / sqrt(d)) over real keys, (B, H, T, T), fp32."""
+    return torch.softmax(attention_scores(query, key, attention_mask), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------------------------
+@contextmanager
+def atomic_dir(path: str):
+    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
+
+    A crash in the middle leaves either the old folder or none, never a half-written one.
+    """
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+            os.rename(path, os.path.join(old, "x"))
+        os.rename(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_json(obj, path: str) -> None:
+    """Write JSON to `path` through a temporary file and a rename."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules: dict[str, nn.Module] | None = None) -> None:
+    """Save a `save_pretrained` folder atomically: config.json, model.safetensors, tokenizer files.
+
+    `extra_modules` (e.g. TinyBERT's `fit_dense`) are trainable pieces that are not part of the HF model: they are
+    written beside it as `<name>.safetensors`, so `AutoModel.from_pretrained` sees no unexpected keys.
+    """
+    from safetensors.torch import save_file
+
+    model = getattr(model, "module", model)
+    with atomic_dir(output_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, module in (extra_modules or {}).items():
+            module = getattr(module, "module", module)
+            state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(state, os.path.join(tmp, f"{name}.safetensors"))

