@@ -50,6 +50,8 @@ def main(argv=None):
     tokenizer = load_tokenizer(args.bert_model, "--bert_model", do_lower_case=True if args.do_lower_case else None)
     if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
         raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no [CLS]/[SEP]/[MASK] tokens")
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
     ensure_writable_dir(args.output_dir)
     from tinybert.pregenerate import pregenerate
 

@@ -45,7 +45,7 @@ _ABBREVIATIONS = {
 }
 # A sentence ends at . ! or ? (optionally followed by closing quotes/brackets), then whitespace, then something
 # that can start a sentence.
-_BOUNDARY = re.compile(r"""(?<=[.!?])["'\u201d\u2019)\]]*\s+(?=["'\u201c\u2018(\[]*[A-Z0-9])""")
+_BOUNDARY = re.compile(r"""[.!?]["'\u201d\u2019)\]]*(\s+)(?=["'\u201c\u2018(\[]*[A-Z0-9])""")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -59,7 +59,7 @@ def split_sentences(text: str) -> list[str]:
         return []
     sentences, start = [], 0
     for m in _BOUNDARY.finditer(text):
-        candidate = text[start : m.start()].rstrip()
+        candidate = text[start : m.start(1)]
         last_word = candidate.rsplit(" ", 1)[-1].rstrip(".!?\"')]\u201d\u2019").lower()
         if candidate.endswith(".") and (last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha())):
             continue
@@ -300,7 +300,8 @@ def create_masked_lm_predictions(tokens: list[str], masked_lm_prob: float, max_p
     for i, token in enumerate(tokens):
         if token in (vocab.cls, vocab.sep):
             continue
-        if whole_word_mask and cand_indices and vocab.is_continuation(token):
+        # a continuation piece joins the word right before it, never across [SEP] (front truncation can leave one)
+        if whole_word_mask and cand_indices and cand_indices[-1][-1] == i - 1 and vocab.is_continuation(token):
             cand_indices[-1].append(i)
         else:
             cand_indices.append([i])
