@@ -65,15 +65,15 @@ class GloveIndex:
     word_to_id: dict[str, int]
 
     def __post_init__(self):
-        self._cache: dict[str, list[str]] = {}
+        self._cache: dict[tuple[str, int], list[str]] = {}
 
     def nearest(self, words: list[str], m: int, chunk: int = 256) -> dict[str, list[str]]:
         """The `m` nearest words (cosine) of each word, excluding the word itself; [] for unknown words."""
-        todo = [w for w in dict.fromkeys(words) if w not in self._cache]
+        todo = [w for w in dict.fromkeys(words) if (w, m) not in self._cache]
         known = [w for w in todo if w in self.word_to_id]
         for w in todo:
             if w not in self.word_to_id:
-                self._cache[w] = []
+                self._cache[w, m] = []
         for start in range(0, len(known), chunk):
             batch = known[start : start + chunk]
             ids = np.asarray([self.word_to_id[w] for w in batch])
@@ -83,8 +83,8 @@ class GloveIndex:
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(ids), 0), dtype=int)
             for row, w in enumerate(batch):
                 order = top[row][np.argsort(-sims[row, top[row]], kind="stable")]
-                self._cache[w] = [self.words[i] for i in order]
-        return {w: self._cache[w] for w in words}
+                self._cache[w, m] = [self.words[i] for i in order]
+        return {w: self._cache[w, m] for w in words}
 
 
 def _normalise(matrix: np.ndarray) -> np.ndarray:
