@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from kdcore.cli import UserError
+from tinybert.classification import pad_batch
 from tinybert.glue import GlueTask, read_tsv
 
 logger = logging.getLogger("kd.augmentation")
@@ -212,17 +213,10 @@ def masked_lm_top_tokens(model, sequences: list[tuple[list[int], list[int], int]
     out: list[list[int]] = []
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
-        length = max(len(ids) for ids, _, _ in chunk)
-        ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
-        types = torch.zeros((len(chunk), length), dtype=torch.long)
-        mask = torch.zeros((len(chunk), length), dtype=torch.long)
-        for row, (seq, seg, _) in enumerate(chunk):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            types[row, : len(seg)] = torch.tensor(seg)
-            mask[row, : len(seq)] = 1
-        kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
+        padded = pad_batch([seq for seq, _, _ in chunk], [seg for _, seg, _ in chunk], pad_id)
+        kwargs = dict(input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device))
         if getattr(model.config, "type_vocab_size", 0) > 1:
-            kwargs["token_type_ids"] = types.to(device)
+            kwargs["token_type_ids"] = padded["token_type_ids"].to(device)
         hidden = base(**kwargs).last_hidden_state
         positions = torch.tensor([p for _, _, p in chunk], device=device)
         logits = head(hidden[torch.arange(len(chunk), device=device), positions])  # (b, V)

@@ -24,6 +24,19 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "sent
 # --------------------------------------------------------------------------------------------------------------
 # Features
 # --------------------------------------------------------------------------------------------------------------
+def pad_batch(input_ids: list[list[int]], token_type_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad id lists to the longest one: input_ids, attention_mask (1 = real token), token_type_ids."""
+    length = max(len(i) for i in input_ids)
+    ids = torch.full((len(input_ids), length), pad_id, dtype=torch.long)
+    types = torch.zeros((len(input_ids), length), dtype=torch.long)
+    mask = torch.zeros((len(input_ids), length), dtype=torch.long)
+    for row, (i, t) in enumerate(zip(input_ids, token_type_ids)):
+        ids[row, : len(i)] = torch.tensor(i)
+        types[row, : len(t)] = torch.tensor(t)
+        mask[row, : len(i)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
 class GlueDataset(torch.utils.data.Dataset):
     """Tokenized examples (fast tokenizer, pairs truncated longest-first to `max_seq_length`)."""
 
@@ -55,15 +68,7 @@ class GlueDataset(torch.utils.data.Dataset):
 
     def collate(self, items) -> dict[str, torch.Tensor]:
         """Pad to the longest sequence of the batch."""
-        length = max(len(ids) for ids, _, _ in items)
-        ids = torch.full((len(items), length), self.pad_id, dtype=torch.long)
-        types = torch.zeros((len(items), length), dtype=torch.long)
-        mask = torch.zeros((len(items), length), dtype=torch.long)
-        for row, (i, t, _) in enumerate(items):
-            ids[row, : len(i)] = torch.tensor(i)
-            types[row, : len(t)] = torch.tensor(t)
-            mask[row, : len(i)] = 1
-        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        batch = pad_batch([i for i, _, _ in items], [t for _, t, _ in items], self.pad_id)
         labels = [lab for _, _, lab in items]
         if all(lab is not None for lab in labels):
             dtype = torch.float32 if isinstance(labels[0], float) else torch.long
