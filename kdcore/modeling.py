@@ -364,7 +364,9 @@ def attention_scores(query: torch.Tensor, key: torch.Tensor, attention_mask: tor
     With `attention_mask` (B, T; 1 = real token) padded keys get -inf, exactly what softmax ignores.
     """
     d = query.size(-1)
-    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(d)
+    # Autocast would cast the fp32 operands back to bf16/fp16 for the matmul: switch it off here.
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(d)
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
     return scores

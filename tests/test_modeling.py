@@ -125,3 +125,13 @@ def test_tokenizer_from_bare_vocab_file(packaged_teacher):
     tok = load_tokenizer(os.path.join(packaged_teacher, "vocab.txt"), do_lower_case=True)
     assert len(tok) == 30522
     assert tok.tokenize("Hello World") == ["hello", "world"]
+
+
+def test_attention_scores_stay_fp32_under_autocast():
+    from kdcore.modeling import attention_scores
+
+    q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = attention_scores(q, k)
+    assert s.dtype == torch.float32
+    torch.testing.assert_close(s, q @ k.transpose(-1, -2) / 8 ** 0.5)
