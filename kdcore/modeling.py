@@ -402,15 +402,20 @@ def atomic_write_json(obj, path: str) -> None:
 
 
 def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules: dict[str, nn.Module] | None = None) -> None:
-    """Save a `save_pretrained` folder atomically: config.json, model.safetensors, tokenizer files.
+    """Save a `save_pretrained` folder: config.json, model.safetensors, tokenizer files.
 
+    Everything is first written to a temporary folder inside `output_dir`, then each file is moved into place
+    with an atomic rename, so a reader never sees a half-written file, and other files already in `output_dir`
+    (checkpoints, logs, results) are left alone.
     `extra_modules` (e.g. TinyBERT's `fit_dense`) are trainable pieces that are not part of the HF model: they are
     written beside it as `<name>.safetensors`, so `AutoModel.from_pretrained` sees no unexpected keys.
     """
     from safetensors.torch import save_file
 
     model = getattr(model, "module", model)
-    with atomic_dir(output_dir) as tmp:
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".save-tmp-", dir=output_dir)
+    try:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -418,3 +423,11 @@ def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules:
             module = getattr(module, "module", module)
             state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
             save_file(state, os.path.join(tmp, f"{name}.safetensors"))
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                src = os.path.join(root, name)
+                dst = os.path.join(output_dir, os.path.relpath(src, tmp))
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
