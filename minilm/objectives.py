@@ -56,9 +56,8 @@ class MiniLMObjective(nn.Module):
         if method not in ("minilm", "minilmv2"):
             raise ValueError(f"unknown MiniLM method {method!r}")
         self.method = method
-        self.teacher = teacher
+        self.teacher = freeze(teacher)  # eval mode, no gradients, never in the optimizer
         self.student = student
-        self.teacher.eval()
         t_layers, s_layers = encoder_layers(teacher), encoder_layers(student)
         self.student_layer = len(s_layers) - 1
         if method == "minilm":

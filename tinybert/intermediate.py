@@ -28,9 +28,8 @@ TERMS = ("embedding", "hidden", "attention")
 class TinyBertIntermediateObjective(nn.Module):
     def __init__(self, teacher: nn.Module, student: nn.Module):
         super().__init__()
-        self.teacher = teacher
+        self.teacher = freeze(teacher)  # eval mode, no gradients, never in the optimizer
         self.student = student
-        self.teacher.eval()
         n_t, n_s = len(encoder_layers(teacher)), len(encoder_layers(student))
         if n_t % n_s != 0:
             raise UserError(
