@@ -98,14 +98,20 @@ def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, at
 # --------------------------------------------------------------------------------------------------------------
 # MiniLM v1: last-layer attention distributions + value relations (same head count in teacher and student)
 # --------------------------------------------------------------------------------------------------------------
-def _check_heads(teacher: torch.Tensor, student: torch.Tensor, what: str) -> None:
-    if teacher.dim() != 4 or student.dim() != 4:
+def _per_head_kl(what, teacher_a, teacher_b, student_a, student_b, attention_mask) -> torch.Tensor:
+    """masked_row_kl(softmax(a_T b_T^T / sqrt(d_T)), softmax(a_S b_S^T / sqrt(d_S))) over the models' own heads."""
+    if teacher_a.dim() != 4 or student_a.dim() != 4:
         raise ValueError(f"{what}: expected per-head (B, H, T, d) tensors")
-    if teacher.size(1) != student.size(1):
+    if teacher_a.size(1) != student_a.size(1):
         raise ValueError(
-            f"{what}: teacher has {teacher.size(1)} attention heads, student {student.size(1)}; MiniLM v1 needs "
+            f"{what}: teacher has {teacher_a.size(1)} attention heads, student {student_a.size(1)}; MiniLM v1 needs "
             "equal head counts (MiniLMv2's relation heads do not)"
         )
+    return masked_row_kl(
+        scaled_dot_logits(teacher_a, teacher_b, attention_mask),
+        scaled_dot_logits(student_a, student_b, attention_mask),
+        attention_mask,
+    )
 
 
 def attention_distribution_kl(
@@ -122,12 +128,7 @@ def attention_distribution_kl(
 
     Per-head inputs (B, H, T, d_T) and (B, H, T, d_S); H must be equal.
     """
-    _check_heads(teacher_query, student_query, "attention-distribution loss")
-    return masked_row_kl(
-        scaled_dot_logits(teacher_query, teacher_key, attention_mask),
-        scaled_dot_logits(student_query, student_key, attention_mask),
-        attention_mask,
-    )
+    return _per_head_kl("attention-distribution loss", teacher_query, teacher_key, student_query, student_key, attention_mask)
 
 
 def value_relation_kl(teacher_value: torch.Tensor, student_value: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -138,12 +139,7 @@ def value_relation_kl(teacher_value: torch.Tensor, student_value: torch.Tensor, 
 
     Per-head inputs (B, H, T, d_T) and (B, H, T, d_S); H must be equal.
     """
-    _check_heads(teacher_value, student_value, "value-relation loss")
-    return masked_row_kl(
-        scaled_dot_logits(teacher_value, teacher_value, attention_mask),
-        scaled_dot_logits(student_value, student_value, attention_mask),
-        attention_mask,
-    )
+    return _per_head_kl("value-relation loss", teacher_value, teacher_value, student_value, student_value, attention_mask)
 
 
 # --------------------------------------------------------------------------------------------------------------

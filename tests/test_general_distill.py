@@ -195,7 +195,7 @@ def _curve(out_dir, term):
 @pytest.mark.parametrize("method,student,extra,terms", [
     ("minilmv2", "minilm_L3xH384.json", [], ("qq", "kk", "vv")),
     ("minilmv2", "tinybert_4L_312D.json", ["--num_relation_heads", "24"], ("qq", "kk", "vv")),
-    ("minilm", "minilm_L3xH384.json", [], ("attention", "value_relation")),
+    ("minilm", "minilm_L3xH384.json", ["--reduce_memory"], ("attention", "value_relation")),
     ("tinybert", "minilm_L3xH384.json", [], ("embedding", "hidden", "attention")),
 ])
 def test_distillation_from_packaged_teacher_lowers_every_term(tmp_path, packaged_teacher, wiki_data, method, student,
@@ -222,6 +222,38 @@ def test_distillation_from_packaged_teacher_lowers_every_term(tmp_path, packaged
         h = model(**tokenizer(["distillation works"], return_tensors="pt")).last_hidden_state
     assert torch.isfinite(h).all()
     assert os.path.isfile(os.path.join(out, "fit_dense.safetensors")) == (method == "tinybert")
+
+
+def test_teacher_assistant_chain_and_continue_train(tmp_path, packaged_teacher, wiki_data):
+    """teacher (6 x 384) -> assistant (3 x 384) -> student (2 x 64): the output folder of one run is the next's teacher."""
+    from argparse import Namespace
+
+    from kdcore.modeling import load_teacher, load_tokenizer
+    from tinybert.general import load_student
+
+    common = ["--pregenerated_data", wiki_data, "--distill_method", "minilmv2", "--train_batch_size", "8",
+              "--max_steps", "2", "--eval_step", "0"]
+    assistant, student = str(tmp_path / "assistant"), str(tmp_path / "student")
+    _run([*common, "--teacher_model", packaged_teacher, "--output_dir", assistant,
+          "--student_model", os.path.join(REPO, "configs", "minilm_L3xH384.json")])
+    _run([*common, "--teacher_model", assistant, "--output_dir", student, "--num_relation_heads", "16",
+          "--student_model", os.path.join(REPO, "configs", "tiny_student_2L_64D.json")])
+    model, info = AutoModel.from_pretrained(student, output_loading_info=True)
+    assert not info["missing_keys"] and (model.config.num_hidden_layers, model.config.hidden_size) == (2, 64)
+    assert len(_curve(student, "qq")) == 1  # logging_steps 50 > 2 steps: only the last step is logged
+
+    # --continue_train starts from a folder's weights; without it only the folder's config.json is used
+    teacher = load_teacher(packaged_teacher)
+    tokenizer = load_tokenizer(packaged_teacher)
+    saved = AutoModel.from_pretrained(assistant).state_dict()
+    key = "encoder.layer.0.attention.self.query.weight"
+    resumed = load_student(Namespace(student_model=assistant, continue_train=True), teacher, tokenizer)
+    fresh = load_student(Namespace(student_model=assistant, continue_train=False), teacher, tokenizer)
+    assert torch.equal(resumed.state_dict()[key], saved[key])
+    assert not torch.equal(fresh.state_dict()[key], saved[key]) and fresh.config.num_hidden_layers == 3
+    with pytest.raises(UserError, match="--continue_train: --student_model .* is not a folder with model weights"):
+        load_student(Namespace(student_model=os.path.join(REPO, "configs", "minilm_L3xH384.json"), continue_train=True),
+                     teacher, tokenizer)
 
 
 def test_bad_relation_head_count_exits_2_with_one_line(tmp_path, packaged_teacher, wiki_data):
