@@ -1,0 +1,78 @@
+"""Shared pieces of the benchmark scripts: timing, the machine's own matmul rate, table + JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kdcore.modeling import atomic_write_json  # noqa: E402
+
+
+def timed(fn, repeat: int, warmup: int = 1) -> float:
+    """Median wall time of `fn()` over `repeat` runs after `warmup` runs (seconds)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def timed_round_robin(fns: dict, repeat: int, warmup: int = 1) -> dict:
+    """Median seconds of each callable, measured in interleaved rounds (a, b, c, a, b, c, ...), so that a slow
+    moment of a shared machine hits every candidate alike and the ratios stay fair."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            times[k].append(timed(fn, repeat=1, warmup=0))
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def matmul_flops_per_s(device: torch.device, dtype=torch.float32, n: int = 1024, repeat: int = 5) -> float:
+    """This machine's dense matmul rate (FLOP/s) for an n x n x n product: the yardstick for utilisation."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, repeat=repeat, warmup=2)
+    return 2 * n**3 / seconds
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def report(name: str, rows: list[dict], columns: list[str], out_json: str, extra: dict | None = None) -> None:
+    """Print `rows` as a Markdown table and write {"benchmark", "machine", "rows", ...} to `out_json`."""
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    print(f"\n## {name}")
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)) + " |")
+    atomic_write_json({"benchmark": name, **(extra or {}), "rows": rows}, out_json)
+    print(f"(written to {out_json})")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+    return "" if v is None else str(v)
