@@ -110,3 +110,28 @@ def test_missing_epoch_zero_and_too_long_sequences(tmp_path, data_dir, bert_toke
         find_data_epochs(str(tmp_path))
     with pytest.raises(UserError, match="exceeds the teacher's 32 positions"):
         PregeneratedTrainingData(data_dir, bert_tokenizer, max_positions=32)
+
+
+def test_reads_what_pregenerate_training_data_writes(tmp_path, packaged_teacher, bert_tokenizer, shared_data):
+    """The contract with pregenerate_training_data.py: its real output (two epochs) reads back token for token."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import pregenerate_training_data
+
+    corpus = tmp_path / "wiki_slice.txt"
+    with open(os.path.join(shared_data, "corpus", "wiki.txt"), encoding="utf-8") as f:
+        corpus.write_text(f.read(120_000).rsplit("\n", 1)[0] + "\n", encoding="utf-8")
+    out = tmp_path / "pregen"
+    pregenerate_training_data.main(["--train_corpus", str(corpus), "--bert_model", packaged_teacher, "--do_lower_case",
+                                    "--output_dir", str(out), "--epochs_to_generate", "2", "--max_seq_len", "48"])
+    data = PregeneratedTrainingData(str(out), bert_tokenizer, num_train_epochs=2, reduce_memory=True, shuffle=False,
+                                    max_positions=512)
+    for epoch in (0, 1):
+        lines = _lines(str(out), epoch)
+        assert len(lines) > 10
+        for i in (0, len(lines) - 1):
+            item = data[data.offsets[epoch] + i]
+            assert item["input_ids"].tolist() == bert_tokenizer.convert_tokens_to_ids(lines[i]["tokens"])
+            assert item["token_type_ids"].tolist() == lines[i]["segment_ids"]
+    assert len(data) == sum(len(_lines(str(out), e)) for e in (0, 1))
