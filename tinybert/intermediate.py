@@ -1,0 +1,95 @@
+"""TinyBERT's intermediate-layer distillation objective (general distillation; also task distillation stage 1).
+
+    L = L_emb + L_hidden + L_att
+    L_emb    = hidden_mse(W e^S, e^T)                                         embedding outputs
+    L_hidden = sum_{i=1..M} hidden_mse(W h^S_i, h^T_{g(i)})                   g(i) = i * k, k = N_T / M
+    L_att    = sum_{i=1..M} attention_score_mse(A^S_i, A^T_{g(i)})            raw scores QK^T / sqrt(d_k)
+
+W is `fit_dense`, one trainable nn.Linear(student hidden, teacher hidden) shared by all layers (as in TinyBERT),
+sized from the two configs. Sums over layers as in the original. The formulas of each term are in
+`tinybert.losses`. Attention scores are rebuilt from the query/key projections captured by forward hooks, so both
+models keep their SDPA attention.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from kdcore.cli import UserError
+from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers, freeze
+
+from .losses import attention_score_mse, hidden_mse, layer_mapping
+
+TERMS = ("embedding", "hidden", "attention")
+
+
+class TinyBertIntermediateObjective(nn.Module):
+    def __init__(self, teacher: nn.Module, student: nn.Module):
+        super().__init__()
+        self.teacher = freeze(teacher)  # eval mode, no gradients, never in the optimizer
+        self.student = student
+        n_t, n_s = len(encoder_layers(teacher)), len(encoder_layers(student))
+        if n_t % n_s != 0:
+            raise UserError(
+                f"--student_model: TinyBERT maps student layers uniformly onto teacher layers, so the teacher's "
+                f"depth {n_t} must be a multiple of the student's {n_s}"
+            )
+        t_heads, s_heads = teacher.config.num_attention_heads, student.config.num_attention_heads
+        if t_heads != s_heads:
+            raise UserError(
+                f"--student_model: TinyBERT's attention loss needs equal head counts (teacher {t_heads}, student "
+                f"{s_heads}); change num_attention_heads or use --distill_method minilmv2"
+            )
+        self.teacher_layers = layer_mapping(n_s, n_t)  # student layer i <- teacher layer teacher_layers[i] (0-based)
+        self.student_layers = list(range(n_s))
+        self.fit_dense = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
+        self.fit_dense.weight.data.normal_(mean=0.0, std=getattr(student.config, "initializer_range", 0.02))
+        self.fit_dense.bias.data.zero_()
+        if getattr(student, "pooler", None) is not None:
+            freeze(student.pooler)  # no loss term reaches it: keep it out of the optimizer and of DDP's gradient sync
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def load_fit_dense(self, folder: str) -> bool:
+        """Load `fit_dense.safetensors` saved beside a student (for --continue_train); False if there is none."""
+        path = os.path.join(folder, "fit_dense.safetensors")
+        if not os.path.isfile(path):
+            return False
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+        try:
+            self.fit_dense.load_state_dict(state)
+        except RuntimeError as err:
+            raise UserError(f"{path}: does not fit this teacher/student pair ({err})")
+        return True
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        parts = ("query", "key")
+        with torch.no_grad(), SelfAttentionCapture(self.teacher, self.teacher_layers, parts) as t_cap:
+            t_hidden = self.teacher(**inputs).hidden_states
+        with SelfAttentionCapture(self.student, self.student_layers, parts) as s_cap:
+            s_hidden = self.student(**inputs).hidden_states
+        k = len(t_hidden[1:]) // len(s_hidden[1:])
+        embedding = hidden_mse(self.fit_dense(s_hidden[0]), t_hidden[0], attention_mask)
+        hidden = sum(
+            hidden_mse(self.fit_dense(s_hidden[j]), t_hidden[j * k], attention_mask) for j in range(1, len(s_hidden))
+        )
+        with torch.autocast(device_type=input_ids.device.type, enabled=False):  # scores in fp32 under autocast too
+            attention = sum(
+                attention_score_mse(
+                    attention_scores(s_cap[s].query, s_cap[s].key, attention_mask),
+                    attention_scores(t_cap[t].query, t_cap[t].key, attention_mask),
+                    attention_mask,
+                )
+                for s, t in zip(self.student_layers, self.teacher_layers)
+            )
+        return {"loss": embedding + hidden + attention, "embedding": embedding, "hidden": hidden, "attention": attention}
