@@ -66,7 +66,7 @@ def test_stage1_losses_match_a_hand_computation():
     teacher, student = _pair_models(2)
     objective = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False).eval()
     assert objective.fit_dense.weight.shape == (48, 32)  # student width -> teacher width from the teacher config
-    assert objective.attention_map == [1, 3]
+    assert objective.teacher_layers == [1, 3]
     batch = _batch()
     with torch.no_grad():
         out = objective(**batch)
@@ -87,9 +87,9 @@ def test_stage1_losses_match_a_hand_computation():
             a_t = _manual_scores(teacher, t[t_layer], t_layer, 4)
             sq = [((a_s[b][:, r][:, :, r] - a_t[b][:, r][:, :, r]) ** 2).reshape(-1) for b, r in enumerate(real)]
             att = att + torch.cat(sq).mean()  # over heads and real (query, key) pairs
-    torch.testing.assert_close(out["emb_loss"], emb, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out["hidden_loss"], hidden, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out["att_loss"], att, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["embedding"], emb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["hidden"], hidden, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["attention"], att, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["loss"], emb + hidden + att, rtol=1e-5, atol=1e-6)
     # only the encoder and fit_dense learn in stage 1; the teacher gets no gradient
     objective.train()
@@ -123,7 +123,7 @@ def test_head_count_mismatch_is_a_clear_error():
     teacher, _ = _pair_models(2)
     student = BertForSequenceClassification(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
                                                        num_attention_heads=2, intermediate_size=64))
-    with pytest.raises(UserError, match="student has 2 heads, teacher 4"):
+    with pytest.raises(UserError, match=r"equal head counts \(teacher 4, student 2\)"):
         TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False)
 
 
@@ -157,10 +157,10 @@ def test_glue_pipeline_on_real_slices(tmp_path, shared_data, base_teacher_dir, t
     task_distill.main(["--teacher_model", teacher_dir, "--student_model", STUDENT_CONFIG, "--task_name", task_name,
                        "--num_train_epochs", "2", "--learning_rate", "1e-3"] + _common(data, s1))
     log = _log(s1)
-    assert {"emb_loss", "hidden_loss", "att_loss"} <= set(log[0])
+    assert {"embedding", "hidden", "attention"} <= set(log[0])
     assert log[-1]["loss"] < 0.8 * log[0]["loss"]
     res1 = _json(os.path.join(s1, "eval_results.json"))
-    assert res1["distill_loss"] == pytest.approx(res1["distill_emb_loss"] + res1["distill_hidden_loss"] + res1["distill_att_loss"])
+    assert res1["distill_loss"] == pytest.approx(res1["distill_embedding"] + res1["distill_hidden"] + res1["distill_attention"])
     from safetensors.torch import load_file
 
     assert load_file(os.path.join(s1, "fit_dense.safetensors"))["weight"].shape == (96, 64)

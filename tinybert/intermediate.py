@@ -30,20 +30,7 @@ class TinyBertIntermediateObjective(nn.Module):
         super().__init__()
         self.teacher = freeze(teacher)  # eval mode, no gradients, never in the optimizer
         self.student = student
-        n_t, n_s = len(encoder_layers(teacher)), len(encoder_layers(student))
-        if n_t % n_s != 0:
-            raise UserError(
-                f"--student_model: TinyBERT maps student layers uniformly onto teacher layers, so the teacher's "
-                f"depth {n_t} must be a multiple of the student's {n_s}"
-            )
-        t_heads, s_heads = teacher.config.num_attention_heads, student.config.num_attention_heads
-        if t_heads != s_heads:
-            raise UserError(
-                f"--student_model: TinyBERT's attention loss needs equal head counts (teacher {t_heads}, student "
-                f"{s_heads}); change num_attention_heads or use --distill_method minilmv2"
-            )
-        self.teacher_layers = layer_mapping(n_s, n_t)  # student layer i <- teacher layer teacher_layers[i] (0-based)
-        self.student_layers = list(range(n_s))
+        self.teacher_layers = check_layer_compatibility(teacher, student)  # student layer i <- teacher_layers[i]
         self.fit_dense = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
         self.fit_dense.weight.data.normal_(mean=0.0, std=getattr(student.config, "initializer_range", 0.02))
         self.fit_dense.bias.data.zero_()
@@ -70,26 +57,53 @@ class TinyBertIntermediateObjective(nn.Module):
         return True
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        parts = ("query", "key")
-        with torch.no_grad(), SelfAttentionCapture(self.teacher, self.teacher_layers, parts) as t_cap:
-            t_hidden = self.teacher(**inputs).hidden_states
-        with SelfAttentionCapture(self.student, self.student_layers, parts) as s_cap:
-            s_hidden = self.student(**inputs).hidden_states
-        k = len(t_hidden[1:]) // len(s_hidden[1:])
-        embedding = hidden_mse(self.fit_dense(s_hidden[0]), t_hidden[0], attention_mask)
-        hidden = sum(
-            hidden_mse(self.fit_dense(s_hidden[j]), t_hidden[j * k], attention_mask) for j in range(1, len(s_hidden))
+        return intermediate_layer_losses(self.teacher, self.student, self.fit_dense, self.teacher_layers,
+                                         input_ids, attention_mask, token_type_ids)
+
+
+def check_layer_compatibility(teacher: nn.Module, student: nn.Module) -> list[int]:
+    """TinyBERT's preconditions; returns the teacher layer (0-based) that each student layer learns from."""
+    n_t, n_s = len(encoder_layers(teacher)), len(encoder_layers(student))
+    if n_t % n_s != 0:
+        raise UserError(
+            f"--student_model: TinyBERT maps student layers uniformly onto teacher layers, so the teacher's "
+            f"depth {n_t} must be a multiple of the student's {n_s}"
         )
-        with torch.autocast(device_type=input_ids.device.type, enabled=False):  # scores in fp32 under autocast too
-            attention = sum(
-                attention_score_mse(
-                    attention_scores(s_cap[s].query, s_cap[s].key, attention_mask),
-                    attention_scores(t_cap[t].query, t_cap[t].key, attention_mask),
-                    attention_mask,
-                )
-                for s, t in zip(self.student_layers, self.teacher_layers)
-            )
-        return {"loss": embedding + hidden + attention, "embedding": embedding, "hidden": hidden, "attention": attention}
+    t_heads, s_heads = teacher.config.num_attention_heads, student.config.num_attention_heads
+    if t_heads != s_heads:
+        raise UserError(
+            f"--student_model: TinyBERT's attention loss needs equal head counts (teacher {t_heads}, student "
+            f"{s_heads}); change num_attention_heads or use --distill_method minilmv2"
+        )
+    return layer_mapping(n_s, n_t)
+
+
+def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input_ids, attention_mask,
+                              token_type_ids=None) -> dict[str, torch.Tensor]:
+    """{"loss": L_emb + L_hidden + L_att, "embedding", "hidden", "attention"} for one batch (see module docstring).
+
+    `teacher` and `student` are bare encoders (pass `model.base_model` for models with a task head).
+    """
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True}
+    if token_type_ids is not None:
+        inputs["token_type_ids"] = token_type_ids
+    parts = ("query", "key")
+    student_layers = list(range(len(teacher_layers)))
+    with torch.no_grad(), SelfAttentionCapture(teacher, teacher_layers, parts) as t_cap:
+        t_hidden = teacher(**inputs).hidden_states
+    with SelfAttentionCapture(student, student_layers, parts) as s_cap:
+        s_hidden = student(**inputs).hidden_states
+    k = len(t_hidden[1:]) // len(s_hidden[1:])
+    embedding = hidden_mse(fit_dense(s_hidden[0]), t_hidden[0], attention_mask)
+    hidden = sum(
+        hidden_mse(fit_dense(s_hidden[j]), t_hidden[j * k], attention_mask) for j in range(1, len(s_hidden))
+    )
+    attention = sum(
+        attention_score_mse(
+            attention_scores(s_cap[s].query, s_cap[s].key, attention_mask),
+            attention_scores(t_cap[t].query, t_cap[t].key, attention_mask),
+            attention_mask,
+        )
+        for s, t in zip(student_layers, teacher_layers)
+    )
+    return {"loss": embedding + hidden + attention, "embedding": embedding, "hidden": hidden, "attention": attention}

@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import SelfAttentionCapture, attention_scores, build_student, encoder_layers, load_teacher, save_model
+from kdcore.modeling import build_student, load_teacher, save_model
 from tinybert.classification import (
     GlueDataset, evaluate_all, eval_sets, has_tokenizer, is_classifier_config, label_config, load_classifier,
     model_inputs, predict_test_sets, read_folder_config, write_results,
 )
 from tinybert.glue import GlueTask, get_task, label_order, load_split
-from tinybert.losses import attention_score_mse, hidden_mse, layer_mapping, regression_mse, soft_cross_entropy
+from tinybert.intermediate import check_layer_compatibility, intermediate_layer_losses
+from tinybert.losses import regression_mse, soft_cross_entropy
 
 logger = logging.getLogger("kd.task_distill")
 
@@ -42,21 +43,9 @@ class TaskDistillObjective(nn.Module):
         self.task = task
         self.pred_distill = pred_distill
         self.temperature = temperature
-        s_cfg, t_cfg = student.config, teacher.config
-        self.num_student_layers = s_cfg.num_hidden_layers
-        self.num_teacher_layers = t_cfg.num_hidden_layers
         if not pred_distill:
-            if self.num_teacher_layers % self.num_student_layers:
-                raise UserError(f"teacher depth {self.num_teacher_layers} is not a multiple of student depth "
-                                f"{self.num_student_layers}")
-            if s_cfg.num_attention_heads != t_cfg.num_attention_heads:
-                raise UserError(
-                    f"the attention loss compares heads one to one: student has {s_cfg.num_attention_heads} heads, "
-                    f"teacher {t_cfg.num_attention_heads}; give the student the teacher's head count"
-                )
-            self.attention_map = layer_mapping(self.num_student_layers, self.num_teacher_layers)
-            self.k = self.num_teacher_layers // self.num_student_layers
-            self.fit_dense = nn.Linear(s_cfg.hidden_size, t_cfg.hidden_size)
+            self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model)
+            self.fit_dense = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
             # The pooler and the classifier get no gradient from these losses: freeze them (as unused parameters
             # they would also stall DDP's gradient reduction).
             for name, p in student.named_parameters():
@@ -64,23 +53,10 @@ class TaskDistillObjective(nn.Module):
                     p.requires_grad_(False)
 
     def intermediate_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        mask = batch["attention_mask"]
         inputs = model_inputs(batch)
-        with SelfAttentionCapture(self.student, list(range(self.num_student_layers)), ("query", "key")) as s_cap:
-            s_out = self.student.base_model(**inputs, output_hidden_states=True)
-        with torch.no_grad(), SelfAttentionCapture(self.teacher, self.attention_map, ("query", "key")) as t_cap:
-            t_out = self.teacher.base_model(**inputs, output_hidden_states=True)
-        s_hidden, t_hidden = s_out.hidden_states, t_out.hidden_states
-        emb_loss = hidden_mse(self.fit_dense(s_hidden[0]), t_hidden[0], mask)
-        hid_loss = sum(hidden_mse(self.fit_dense(s_hidden[j]), t_hidden[j * self.k], mask)
-                       for j in range(1, self.num_student_layers + 1))
-        att_loss = 0.0
-        for i, t_layer in enumerate(self.attention_map):
-            s_scores = attention_scores(s_cap[i].query, s_cap[i].key, mask)
-            t_scores = attention_scores(t_cap[t_layer].query, t_cap[t_layer].key, mask)
-            att_loss = att_loss + attention_score_mse(s_scores, t_scores, mask)
-        loss = emb_loss + hid_loss + att_loss
-        return {"loss": loss, "emb_loss": emb_loss.detach(), "hidden_loss": hid_loss.detach(), "att_loss": att_loss.detach()}
+        losses = intermediate_layer_losses(self.teacher.base_model, self.student.base_model, self.fit_dense,
+                                           self.teacher_layers, **inputs)
+        return {k: v if k == "loss" else v.detach() for k, v in losses.items()}
 
     def prediction_loss(self, batch: dict) -> dict[str, torch.Tensor]:
         inputs = model_inputs(batch)
