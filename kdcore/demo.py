@@ -232,7 +232,7 @@ def run_demo(args) -> dict:
     distill_log = [r for r in distill_log if "lr" in r]
     meta = {"finished": time.strftime("%Y-%m-%d %H:%M"), "device": torch.cuda.get_device_name(0)
             if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)", "scale": args.scale,
-            "teacher_name": os.path.basename(os.path.dirname(teacher.rstrip("/"))) or teacher,
+            "teacher_name": os.path.basename(os.path.dirname(teacher.rstrip("/"))) or teacher, "teacher_path": teacher,
             "student_config": args.student_config, "distill_steps": scale.distill_steps,
             "distill_first_log": distill_log[0] if distill_log else None,
             "distill_last_log": distill_log[-1] if distill_log else None,
