@@ -9,9 +9,15 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from kdcore.modeling import atomic_write_json  # noqa: E402
+
+
+def default_data_dir() -> str:
+    """The real data folder: $KD_SHARED_DATA, else ../shared/data relative to the repository root."""
+    return os.environ.get("KD_SHARED_DATA") or os.path.join(os.path.dirname(REPO), "shared", "data")
 
 
 def timed(fn, repeat: int, warmup: int = 1) -> float:

@@ -1,0 +1,46 @@
+"""Run a Python script as __main__ and write its wall time and peak memory (max RSS) to a JSON file at exit.
+
+    python bench/run_with_rusage.py RESULT.json SCRIPT.py [script args ...]
+
+RESULT.json: {"exit_code", "wall_s", "maxrss_self_MB" (this process), "maxrss_children_MB" (the largest of its
+waited-for worker processes), "maxrss_MB" (the larger of the two)}. ru_maxrss is in KiB on Linux, bytes on macOS.
+"""
+import json
+import os
+import resource
+import runpy
+import sys
+import time
+
+
+def _mb(value: int) -> float:
+    return value / (1024 * 1024) if sys.platform == "darwin" else value / 1024
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    result_path, script = sys.argv[1], sys.argv[2]
+    sys.argv = sys.argv[2:]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    code = 0
+    start = time.perf_counter()
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        code = 1
+        raise
+    finally:
+        wall = time.perf_counter() - start
+        me = _mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        kids = _mb(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        with open(result_path, "w") as f:
+            json.dump({"exit_code": code, "wall_s": wall, "maxrss_self_MB": me, "maxrss_children_MB": kids,
+                       "maxrss_MB": max(me, kids)}, f)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
