@@ -1,0 +1,114 @@
+"""bench/: every benchmark runs through bench/run_all.py --smoke (tiny settings) and writes its JSON.
+
+No timing assertions: only the fields, the configurations covered, and the facts that do not depend on speed.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory, shared_data):
+    out = tmp_path_factory.mktemp("bench_results")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run_all.py"), "--smoke", "--results_dir",
+                        str(out), "--data_dir", shared_data], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r.stdout
+
+
+def load(out, name):
+    data = json.load(open(out / f"{name}.json"))
+    assert data["benchmark"] and data["rows"] and "machine" in data
+    return data
+
+
+def test_run_all_prints_every_table(smoke_results):
+    out, stdout = smoke_results
+    names = ["inference", "distill", "pregenerate", "augment"]
+    if os.path.isfile(os.path.join(REPO, "bench", "bench_decode.py")):
+        names.append("decode")
+    for name in names:
+        assert load(out, name)["benchmark"] in stdout
+    summary = (out / "SUMMARY.md").read_text()
+    assert summary.count("\n| ") > 15 and all(f"{n} " in summary.splitlines()[-1] for n in names)
+
+
+def test_distill_json(smoke_results):
+    data = load(smoke_results[0], "distill")
+    configs = {(r["method"], r["precision"]) for r in data["rows"]}
+    assert configs == {(m, p) for m in ("minilmv2", "tinybert", "minilm") for p in ("fp32", "bf16")}
+    for r in data["rows"]:
+        assert r["tokens_per_s"] > 0 and math.isfinite(r["loss"])
+        assert r["tokens_per_s"] == pytest.approx(data["batch_size"] * data["seq_len"] / r["step_s"])
+        assert r["achieved_GFLOP_s"] == pytest.approx(r["model_GFLOP_per_step"] / r["step_s"])
+        assert r["pct_of_matmul"] == pytest.approx(100 * r["achieved_GFLOP_s"] / data["matmul_GFLOP_s"][r["precision"]])
+
+
+def test_distill_flop_formula_by_hand():
+    """step_flops against the docstring formula with the parameter counts written out for the smoke shapes."""
+    import torch
+    from bench_distill import SIZES, bert, build_objective, step_flops
+
+    torch.manual_seed(0)
+    sizes = SIZES["smoke"]
+    teacher = bert(*sizes["teacher"], 16)
+    n, t = 2 * 16, 16
+    p_t = 2 * (4 * 96 * 96 + 2 * 96 * 192)  # 2 layers: Q, K, V, attention output (h x h); FFN in + out (h x 4h/2)
+    p_s = 1 * (4 * 48 * 48 + 2 * 48 * 96)
+    teacher_f = n * (2 * p_t + 4 * 2 * t * 96)
+    student_f = 3 * n * (2 * p_s + 4 * 1 * t * 48)
+    assert step_flops(build_objective("minilmv2", teacher, sizes, 16), "minilmv2", n, t) == teacher_f + student_f
+    fit = 3 * n * 2 * (48 * 96) * 2  # fit_dense 48 -> 96 on the embeddings and 1 layer output
+    assert step_flops(build_objective("tinybert", teacher, sizes, 16), "tinybert", n, t) == teacher_f + student_f + fit
+
+
+def test_pregenerate_json(smoke_results):
+    data = load(smoke_results[0], "pregenerate")
+    rows = {(r["corpus"], r["reduce_memory"]): r for r in data["rows"]}
+    assert set(rows) == {(c, m) for c in ("1x", "2x") for m in (False, True)}
+    for c in ("1x", "2x"):  # the on-disk store writes exactly the same instances
+        assert rows[c, True]["instances"] == rows[c, False]["instances"] > 0
+    assert rows["2x", False]["instances"] > rows["1x", False]["instances"]
+    assert rows["2x", False]["corpus_MB"] == pytest.approx(2 * rows["1x", False]["corpus_MB"], rel=0.01)
+    for r in data["rows"]:
+        assert r["peak_rss_MB"] >= data["startup"]["maxrss_MB"] * 0.5 > 0 and r["instances_per_s"] > 0
+
+
+def test_augment_json(smoke_results):
+    data = load(smoke_results[0], "augment")
+    assert data["identical_outputs"] is True and data["random_weights"] is True and data["masked_lm_queries"] > 0
+    batched, reference = data["rows"]
+    assert (batched["implementation"], reference["implementation"]) == ("batched", "one forward per word")
+    assert batched["rows_in"] == reference["rows_in"] == data["input_rows"]
+    assert batched["rows_out"] == reference["rows_out"] > batched["rows_in"]
+
+
+def test_inference_json(smoke_results):
+    data = load(smoke_results[0], "inference")
+    assert [r["model"] for r in data["rows"]][0] == "BERT-base 12x768" and data["rows"][0]["speedup_vs_bert_base"] == 1
+
+
+def test_run_all_reports_a_failing_benchmark(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run_all.py"), "--smoke", "--only", "pregenerate",
+                        "--results_dir", str(tmp_path), "--data_dir", str(tmp_path / "missing")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "pregenerate FAILED" in r.stdout and "corpus not found" in r.stdout
+    assert not (tmp_path / "pregenerate.json").exists()
+
+
+def test_rusage_wrapper_keeps_the_exit_code(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("import sys\nblock = bytearray(64 * 1024 * 1024)\nsys.exit(3)\n")
+    result = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run_with_rusage.py"), str(result), str(script)])
+    data = json.load(open(result))
+    assert r.returncode == 3 and data["exit_code"] == 3 and data["maxrss_self_MB"] >= 64
