@@ -46,7 +46,7 @@ SIZES = {
 }
 PRESETS = {  # repeat = timed steps per config (median), warmup = untimed steps per config
     "smoke": dict(repeat=1, warmup=1, batch_size=2, seq_len=16, matmul_n=128),
-    "quick": dict(repeat=2, warmup=1, batch_size=32, seq_len=128, matmul_n=1024),
+    "quick": dict(repeat=3, warmup=1, batch_size=32, seq_len=128, matmul_n=1024),
     "full": dict(repeat=5, warmup=2, batch_size=32, seq_len=128, matmul_n=2048),
 }
 

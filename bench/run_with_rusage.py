@@ -3,7 +3,9 @@
     python bench/run_with_rusage.py RESULT.json SCRIPT.py [script args ...]
 
 RESULT.json: {"exit_code", "wall_s", "maxrss_self_MB" (this process), "maxrss_children_MB" (the largest of its
-waited-for worker processes), "maxrss_MB" (the larger of the two)}. ru_maxrss is in KiB on Linux, bytes on macOS.
+waited-for child processes), "maxrss_MB" (the larger of the two)}. ru_maxrss is in KiB on Linux, bytes on macOS.
+A child started with vfork/posix_spawn (e.g. ctypes' `ldconfig -p`) shares the parent's memory until it execs and
+so reports the parent's RSS of that moment: children <= self means no worker grew larger than the main process.
 """
 import json
 import os
