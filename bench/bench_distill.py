@@ -23,7 +23,6 @@ For MiniLM the student's last layer after Q/K/V gets no gradient, so F_s slightl
     python bench/bench_distill.py [--full | --smoke] [--methods minilmv2 tinybert minilm] [--precisions fp32 bf16]
                                   [--batch_size 32] [--seq_len 128] [--repeat N] [--out bench/results/distill.json]
 """
-import argparse
 import contextlib
 import os
 import sys
@@ -33,7 +32,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_info, matmul_flops_per_s, report, timed_round_robin  # noqa: E402
+from common import (  # noqa: E402
+    apply_preset, bench_parser, machine_info, matmul_flops_per_s, report, timed_round_robin)
 
 from kdcore.modeling import encoder_layers  # noqa: E402
 from kdcore.runtime import build_optimizer, set_seed  # noqa: E402
@@ -104,11 +104,9 @@ def make_step(objective, batch, amp_dtype, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="preset", action="store_const", const="quick", help="default: few steps")
-    mode.add_argument("--full", dest="preset", action="store_const", const="full", help="more steps, n=2048 matmul")
-    mode.add_argument("--smoke", dest="preset", action="store_const", const="smoke", help="tiny models, 1 step (tests)")
+    p = bench_parser(__doc__, {"quick": "default: 1 warm-up + 3 timed steps per config",
+                               "full": "2 warm-up + 5 timed steps per config, n=2048 matmul",
+                               "smoke": "tiny models, 1 step (tests)"})
     p.add_argument("--methods", nargs="+", choices=["minilmv2", "tinybert", "minilm"],
                    default=["minilmv2", "tinybert", "minilm"])
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
@@ -119,10 +117,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("bench", "results", "distill.json"))
     args = p.parse_args(argv)
-    preset = args.preset or "quick"
-    for k, v in PRESETS[preset].items():
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
+    preset = apply_preset(args, PRESETS)
     sizes = SIZES["smoke" if preset == "smoke" else "bench"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     set_seed(args.seed)

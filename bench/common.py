@@ -1,7 +1,6 @@
 """Shared pieces of the benchmark scripts: timing, the machine's own matmul rate, table + JSON output."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -18,6 +17,29 @@ from kdcore.modeling import atomic_write_json  # noqa: E402
 def default_data_dir() -> str:
     """The real data folder: $KD_SHARED_DATA, else ../shared/data relative to the repository root."""
     return os.environ.get("KD_SHARED_DATA") or os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+def bench_parser(doc: str, preset_helps: dict, data_dir: bool = False):
+    """An argparse parser with mutually exclusive --quick (the default) / --full / --smoke presets (`preset_helps`
+    says what each runs) and, with `data_dir`, --data_dir (default: default_data_dir())."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group()
+    for name in ("quick", "full", "smoke"):
+        group.add_argument(f"--{name}", dest="preset", action="store_const", const=name, help=preset_helps[name])
+    if data_dir:
+        parser.add_argument("--data_dir", default=default_data_dir(), help="real data folder ($KD_SHARED_DATA)")
+    return parser
+
+
+def apply_preset(args, presets: dict) -> str:
+    """Fill every argument left at None from the chosen preset (default quick); returns the preset's name."""
+    args.preset = args.preset or "quick"
+    for key, value in presets[args.preset].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args.preset
 
 
 def timed(fn, repeat: int, warmup: int = 1) -> float:
