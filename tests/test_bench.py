@@ -38,6 +38,8 @@ def test_run_all_prints_every_table(smoke_results):
         names.append("decode")
     for name in names:
         assert load(out, name)["benchmark"] in stdout
+    if "decode" in names:  # cached and recomputing beam search must agree
+        assert all(r["identical_outputs"] for r in load(out, "decode")["rows"])
     summary = (out / "SUMMARY.md").read_text()
     assert summary.count("\n| ") > 15 and all(f"{n} " in summary.splitlines()[-1] for n in names)
 
