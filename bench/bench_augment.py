@@ -37,7 +37,7 @@ SHAPES = {"base": (12, 768, 12, 3072), "small": (6, 384, 12, 1536), "tiny": (2, 
 PRESETS = {
     "smoke": dict(rows=3, model_shape="tiny", repeat=1),
     "quick": dict(rows=32, model_shape="small", repeat=2),
-    "full": dict(rows=64, model_shape="base", repeat=3),
+    "full": dict(rows=48, model_shape="base", repeat=2),
 }
 
 
@@ -105,7 +105,7 @@ def save_random_mlm(path: str, shape: str, tokenizer) -> None:
 
 def main(argv=None):
     p = bench_parser(__doc__, {"quick": "default: 32 rows, 6x384 masked LM, 2 rounds",
-                               "full": "64 rows, BERT-base 12x768 masked LM, 3 rounds",
+                               "full": "48 rows, BERT-base 12x768 masked LM, 2 rounds",
                                "smoke": "3 rows, tiny model (tests)"}, data_dir=True)
     p.add_argument("--rows", type=int, default=None, help="first N rows of SST-2 train.tsv")
     p.add_argument("--model_shape", choices=sorted(SHAPES), default=None)
