@@ -1,6 +1,7 @@
 """Shared pieces of the benchmark scripts: timing, the machine's own matmul rate, table + JSON output."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -22,8 +23,6 @@ def default_data_dir() -> str:
 def bench_parser(doc: str, preset_helps: dict, data_dir: bool = False):
     """An argparse parser with mutually exclusive --quick (the default) / --full / --smoke presets (`preset_helps`
     says what each runs) and, with `data_dir`, --data_dir (default: default_data_dir())."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group()
     for name in ("quick", "full", "smoke"):
