@@ -11,9 +11,12 @@ The question is cut to `max_query_length` tokens. Character offsets from the fas
 the context, so answers are exact substrings of the original text (no de-tokenisation heuristics).
 
 Post-processing (as the original `compute_predictions_logits`): per question, the `n_best_size` best start and end
-logits of every window form candidate spans (inside the context, start <= end, at most `max_answer_length`
-tokens, and the start token must be in its "max context" window); candidates are ranked by start + end logit and
-de-duplicated by text. For SQuAD 2.0 the null score is the smallest CLS start + end logit over the windows, and
+logits of every window form candidate spans (start <= end, at most `max_answer_length` tokens); candidates are
+ranked by start + end logit and de-duplicated by text. Unlike the original, the n best starts are taken among
+context tokens whose window is their "max context" and the n best ends among context tokens (the original took
+the n best of all positions and then dropped invalid ones, so it could end with no span and answer "empty");
+if still no pair is valid, the best valid span of any window is searched exhaustively.
+For SQuAD 2.0 the null score is the smallest CLS start + end logit over the windows, and
 
     null_odds = null score - (start + end logit of the best non-null span),
 
@@ -351,9 +354,25 @@ def predict_logits(model, features: SquadFeatures, collate_fn, batch_size: int, 
     return starts, ends
 
 
-def _best_indexes(logits: np.ndarray, n_best_size: int) -> list[int]:
-    order = np.argsort(-logits, kind="stable")
-    return order[:n_best_size].tolist()
+def _best_indexes(logits: np.ndarray, allowed: np.ndarray, n_best_size: int) -> list[int]:
+    """The `n_best_size` highest-scoring allowed positions."""
+    positions = np.flatnonzero(allowed)
+    order = np.argsort(-logits[positions], kind="stable")
+    return positions[order[:n_best_size]].tolist()
+
+
+def _best_span(s_log: np.ndarray, e_log: np.ndarray, starts_ok: np.ndarray, ends_ok: np.ndarray,
+               max_answer_length: int):
+    """Exhaustive best (start, end) with both allowed, start <= end < start + max_answer_length; or None."""
+    best = None
+    for s in np.flatnonzero(starts_ok):
+        window = np.flatnonzero(ends_ok[s : s + max_answer_length]) + s
+        if window.size:
+            e = int(window[np.argmax(e_log[window])])
+            score = float(s_log[s] + e_log[e])
+            if best is None or score > best[0]:
+                best = (score, int(s), e)
+    return best
 
 
 def _softmax(scores: list[float]) -> list[float]:
@@ -389,7 +408,7 @@ def postprocess_predictions(
         by_example[ex_index].append(fi)
     predictions, nbest_json, null_odds, best_non_null = {}, {}, {}, {}
     for ex_index, ex in enumerate(examples):
-        prelim = []
+        prelim, fallback = [], {}
         score_null, null_start, null_end = None, 0.0, 0.0
         for fi in by_example.get(ex_index, []):
             s_log, e_log = start_logits[fi], end_logits[fi]
@@ -399,14 +418,26 @@ def postprocess_predictions(
                 feature_null = float(s_log[cls] + e_log[cls])
                 if score_null is None or feature_null < score_null:
                     score_null, null_start, null_end = feature_null, float(s_log[cls]), float(e_log[cls])
-            for s in _best_indexes(s_log, n_best_size):
-                if offsets[s] is None or not max_ctx[s]:
-                    continue
-                for e in _best_indexes(e_log, n_best_size):
-                    if offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+            in_context = np.array([o is not None for o in offsets])
+            starts_ok = in_context & np.asarray(max_ctx, dtype=bool)
+            feature_spans = []
+            for s in _best_indexes(s_log, starts_ok, n_best_size):
+                for e in _best_indexes(e_log, in_context, n_best_size):
+                    if e < s or e - s + 1 > max_answer_length:
                         continue
-                    prelim.append((float(s_log[s] + e_log[e]), float(s_log[s]), float(e_log[e]),
-                                   offsets[s][0], offsets[e][1]))
+                    feature_spans.append((s, e))
+            fallback[fi] = (starts_ok, in_context)
+            for s, e in feature_spans:
+                prelim.append((float(s_log[s] + e_log[e]), float(s_log[s]), float(e_log[e]),
+                               offsets[s][0], offsets[e][1]))
+        if not prelim:
+            # No pair among the n-best starts and ends is a valid span: take the best valid span of any window.
+            for fi, (starts_ok, in_context) in fallback.items():
+                span = _best_span(start_logits[fi], end_logits[fi], starts_ok, in_context, max_answer_length)
+                if span is not None:
+                    _, s, e = span
+                    prelim.append((span[0], float(start_logits[fi][s]), float(end_logits[fi][e]),
+                                   features.offsets[fi][s][0], features.offsets[fi][e][1]))
         prelim.sort(key=lambda x: x[0], reverse=True)
         nbest, seen = [], set()
         for _, s_logit, e_logit, c_start, c_end in prelim:
@@ -456,9 +487,8 @@ class SquadEvalData:
     features: SquadFeatures
 
 
-def load_eval_data(args, tokenizer, use_token_type_ids: bool) -> SquadEvalData:
+def load_eval_data(obj: dict, args, tokenizer, use_token_type_ids: bool) -> SquadEvalData:
     path = _data_path(args, "predict_file")
-    obj = read_squad_file(path, "--predict_file")
     examples = examples_from_squad(obj["data"], args.max_eval_examples)
     data = restrict_dataset(obj["data"], {ex.qas_id for ex in examples}) if args.max_eval_examples else obj["data"]
     impossible = sum(ex.is_impossible for ex in examples)
@@ -522,20 +552,19 @@ def run(args) -> dict | None:
     for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "n_best_size", "max_answer_length"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    # Validate the data files before loading a model or spending time on training.
+    train_obj = read_squad_file(_data_path(args, "train_file"), "--train_file") if args.do_train else None
+    eval_obj = read_squad_file(_data_path(args, "predict_file"), "--predict_file") if args.do_eval else None
     ensure_writable_dir(args.output_dir)
     rt = Runtime(args)
     tokenizer = load_task_tokenizer(args)
     use_types = uses_token_type_ids(args.model_type)
     model = load_task_model(args, AutoModelForQuestionAnswering, tokenizer)
     check_max_seq_length(model.config, args.max_seq_length)
-    # Validate the evaluation file before spending time on training.
-    eval_path = _data_path(args, "predict_file") if args.do_eval else None
-    if eval_path is not None:
-        read_squad_file(eval_path, "--predict_file")
 
     if args.do_train:
-        obj = read_squad_file(_data_path(args, "train_file"), "--train_file")
-        examples = examples_from_squad(obj["data"], args.max_train_examples)
+        examples = examples_from_squad(train_obj["data"], args.max_train_examples)
+        del train_obj
         feats = convert_examples_to_features(examples, tokenizer, args.max_seq_length, args.doc_stride,
                                              args.max_query_length, True, use_types)
         logger.info("training: %d questions (%d skipped), %d windows", len(examples), feats.skipped, len(feats))
@@ -549,7 +578,7 @@ def run(args) -> dict | None:
     if not args.do_eval or not rt.is_main:
         rt.barrier()
         return None
-    eval_data = load_eval_data(args, tokenizer, use_types)
+    eval_data = load_eval_data(eval_obj, args, tokenizer, use_types)
     if args.do_train or args.eval_all_checkpoints:
         targets = checkpoints_to_evaluate(args.output_dir, args.eval_all_checkpoints)
         if not args.do_train and not targets:
@@ -565,7 +594,7 @@ def run(args) -> dict | None:
         logger.info("%s: %s", name, json.dumps(results[name]))
     last = list(results)[-1]
     report = {
-        "predict_file": eval_path,
+        "predict_file": _data_path(args, "predict_file"),
         "version_2_with_negative": bool(args.version_2_with_negative),
         "mlqa_language": args.mlqa_language,
         "num_questions": len(eval_data.examples),
