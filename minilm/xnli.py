@@ -172,6 +172,13 @@ def accuracy_by_language(predictions: np.ndarray, examples: NliExamples) -> dict
     return out
 
 
+def select_checkpoint(dev_results: dict) -> str:
+    """The name whose `joint` dev accuracy (all languages' rows together) is highest; the earliest on ties."""
+    if not dev_results:
+        raise ValueError("no evaluated checkpoint")
+    return max(dev_results, key=lambda name: dev_results[name]["joint"])  # max keeps the first of equal keys
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The run_xnli.py workflow
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,7 +242,7 @@ def run(args) -> dict | None:
             targets = [("model", None)]
     else:
         targets = [("model", None)]
-    dev_results, best = {}, None
+    dev_results = {}
     for name, folder in targets:
         m = model if folder is None else load_task_model(args, AutoModelForSequenceClassification, tokenizer,
                                                          path=folder, num_labels=len(LABELS))
@@ -243,9 +250,8 @@ def run(args) -> dict | None:
         dev_results[name] = accuracy_by_language(
             predict(m, dev_items, collate, args.per_gpu_eval_batch_size, rt.device, rt.autocast), dev)
         logger.info("dev %s: %s", name, dev_results[name])
-        if best is None or dev_results[name]["joint"] > dev_results[best[0]]["joint"]:
-            best = (name, folder)
-    name, folder = best
+    name = select_checkpoint(dev_results)
+    folder = dict(targets)[name]
     report = {
         "selection": "best joint dev accuracy over all dev languages",
         "languages": sorted(set(dev.languages)),
