@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kdcore.cli import parse_args, run_main  # noqa: E402
 from kdcore.runtime import add_runtime_args  # noqa: E402
-from minilm.finetune import add_model_args  # noqa: E402
+from minilm.finetune import add_model_args, add_task_args  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,14 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_query_length", type=int, default=64)
     g.add_argument("--max_train_examples", type=int, default=None, help="Use only the first N training questions.")
     g.add_argument("--max_eval_examples", type=int, default=None, help="Evaluate only the first N questions.")
-    g = parser.add_argument_group("task")
-    g.add_argument("--do_train", action="store_true")
-    g.add_argument("--do_eval", action="store_true")
-    g.add_argument("--eval_all_checkpoints", action="store_true",
-                   help="Evaluate every checkpoint-<step>/ in --output_dir as well as the final model.")
-    g.add_argument("--per_gpu_train_batch_size", type=int, default=8)
-    g.add_argument("--per_gpu_eval_batch_size", type=int, default=8)
-    g.add_argument("--num_train_epochs", type=float, default=3.0)
+    g = add_task_args(parser)
     g.add_argument("--n_best_size", type=int, default=20)
     g.add_argument("--max_answer_length", type=int, default=30)
     g.add_argument("--null_score_diff_threshold", type=float, default=0.0,

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kdcore.cli import parse_args, run_main  # noqa: E402
 from kdcore.runtime import add_runtime_args  # noqa: E402
-from minilm.finetune import add_model_args  # noqa: E402
+from minilm.finetune import add_model_args, add_task_args  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_seq_length", type=int, default=128)
     g.add_argument("--max_train_examples", type=int, default=None, help="Use only the first N training pairs.")
     g.add_argument("--max_eval_examples", type=int, default=None, help="Evaluate only the first N pairs per language.")
-    g = parser.add_argument_group("task")
-    g.add_argument("--do_train", action="store_true")
-    g.add_argument("--do_eval", action="store_true")
-    g.add_argument("--eval_all_checkpoints", action="store_true",
-                   help="Evaluate every checkpoint-<step>/ too; the best on the joint dev set is reported.")
-    g.add_argument("--per_gpu_train_batch_size", type=int, default=8)
-    g.add_argument("--per_gpu_eval_batch_size", type=int, default=8)
-    g.add_argument("--num_train_epochs", type=float, default=3.0)
+    add_task_args(parser)
     add_runtime_args(parser, defaults={"learning_rate": 5e-5, "warmup_proportion": 0.0})
     return parser
 

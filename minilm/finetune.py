@@ -59,6 +59,19 @@ def add_model_args(parser, model_type_default: str = "bert") -> None:
                    help="Lower-case the input (uncased WordPiece vocabularies, as in the seed command).")
 
 
+def add_task_args(parser) -> None:
+    """The seed commands' training / evaluation switches shared by run_squad.py and run_xnli.py."""
+    g = parser.add_argument_group("task")
+    g.add_argument("--do_train", action="store_true")
+    g.add_argument("--do_eval", action="store_true")
+    g.add_argument("--eval_all_checkpoints", action="store_true",
+                   help="Evaluate every checkpoint-<step>/ in --output_dir as well as the final model.")
+    g.add_argument("--per_gpu_train_batch_size", type=int, default=8, help="Training batch size per process.")
+    g.add_argument("--per_gpu_eval_batch_size", type=int, default=8)
+    g.add_argument("--num_train_epochs", type=float, default=3.0)
+    return g
+
+
 def _load_sentencepiece_model(path: str):
     """An XLM-R tokenizer from a bare SentencePiece `.model` file (XLM-R's `sentencepiece.bpe.model`).
 
@@ -186,6 +199,30 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.items[i]
+
+
+def train_task(rt, args, model: nn.Module, items: list[dict], tokenizer):
+    """Fine-tune an HF task model on `items` (dicts of input_ids [, token_type_ids] and labels) with the shared
+    runtime; checkpoints and the final model are HF folders with the tokenizer."""
+    from kdcore.runtime import train
+
+    result = train(
+        rt, args, TaskObjective(model), ListDataset(items), lambda batch: pad_collate(batch, tokenizer.pad_token_id),
+        args.per_gpu_train_batch_size, args.num_train_epochs,
+        lambda objective, folder: save_hf_folder(objective.model, folder, tokenizer),
+    )
+    logger.info("trained %d steps, last losses %s", result.global_step, result.last_losses)
+    return result
+
+
+def models_to_evaluate(args) -> list[tuple[str, str | None]]:
+    """(name, folder) pairs to evaluate: after training (or with --eval_all_checkpoints) the folders in
+    --output_dir; otherwise the model given (folder None = the model already loaded)."""
+    if args.do_train or args.eval_all_checkpoints:
+        targets = checkpoints_to_evaluate(args.output_dir, args.eval_all_checkpoints)
+        if targets or args.do_train:
+            return targets
+    return [("model", None)]
 
 
 def checkpoints_to_evaluate(output_dir: str, include_checkpoints: bool) -> list[tuple[str, str]]:

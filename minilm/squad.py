@@ -536,10 +536,10 @@ def run(args) -> dict | None:
 
     from kdcore.cli import ensure_writable_dir
     from kdcore.modeling import atomic_write_json
-    from kdcore.runtime import Runtime, train
+    from kdcore.runtime import Runtime
 
-    from .finetune import (ListDataset, TaskObjective, check_max_seq_length, checkpoints_to_evaluate,
-                           load_task_model, load_task_tokenizer, pad_collate, save_hf_folder, uses_token_type_ids)
+    from .finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
+                           train_task, uses_token_type_ids)
     from .squad_metrics import MLQA_LANGUAGES
 
     if not (args.do_train or args.do_eval):
@@ -568,23 +568,13 @@ def run(args) -> dict | None:
         feats = convert_examples_to_features(examples, tokenizer, args.max_seq_length, args.doc_stride,
                                              args.max_query_length, True, use_types)
         logger.info("training: %d questions (%d skipped), %d windows", len(examples), feats.skipped, len(feats))
-        result = train(
-            rt, args, TaskObjective(model), ListDataset(feats.items(is_training=True)),
-            lambda items: pad_collate(items, tokenizer.pad_token_id), args.per_gpu_train_batch_size,
-            args.num_train_epochs, lambda m, folder: save_hf_folder(m.model, folder, tokenizer),
-        )
-        logger.info("trained %d steps, last losses %s", result.global_step, result.last_losses)
+        train_task(rt, args, model, feats.items(is_training=True), tokenizer)
 
     if not args.do_eval or not rt.is_main:
         rt.barrier()
         return None
     eval_data = load_eval_data(eval_obj, args, tokenizer, use_types)
-    if args.do_train or args.eval_all_checkpoints:
-        targets = checkpoints_to_evaluate(args.output_dir, args.eval_all_checkpoints)
-        if not args.do_train and not targets:
-            targets = [("model", None)]
-    else:
-        targets = [("model", None)]
+    targets = models_to_evaluate(args)
     results = {}
     for name, folder in targets:
         m = model if folder is None else load_task_model(args, AutoModelForQuestionAnswering, tokenizer, path=folder)

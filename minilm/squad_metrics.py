@@ -111,17 +111,20 @@ def exact_match_score(prediction: str, ground_truth: str, lang: str | None = Non
     return norm(prediction) == norm(ground_truth)
 
 
-def f1_score(prediction: str, ground_truth: str, lang: str | None = None) -> float:
-    """v1.1 / MLQA token F1 (0 when no token is in common)."""
-    norm = _normalizer(lang)
-    pred_tokens = norm(prediction).split()
-    gold_tokens = norm(ground_truth).split()
+def _token_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+    """2PR/(P+R) over the multiset intersection; 0 when nothing is in common."""
     num_same = sum((collections.Counter(pred_tokens) & collections.Counter(gold_tokens)).values())
     if num_same == 0:
         return 0.0
     precision = num_same / len(pred_tokens)
     recall = num_same / len(gold_tokens)
     return 2 * precision * recall / (precision + recall)
+
+
+def f1_score(prediction: str, ground_truth: str, lang: str | None = None) -> float:
+    """v1.1 / MLQA token F1 (0 when no token is in common)."""
+    norm = _normalizer(lang)
+    return _token_f1(norm(prediction).split(), norm(ground_truth).split())
 
 
 def compute_exact(a_gold: str, a_pred: str) -> int:
@@ -135,12 +138,7 @@ def compute_f1(a_gold: str, a_pred: str) -> float:
     pred_toks = normalize_answer(a_pred).split() if a_pred else []
     if len(gold_toks) == 0 or len(pred_toks) == 0:
         return float(gold_toks == pred_toks)
-    num_same = sum((collections.Counter(gold_toks) & collections.Counter(pred_toks)).values())
-    if num_same == 0:
-        return 0.0
-    precision = num_same / len(pred_toks)
-    recall = num_same / len(gold_toks)
-    return 2 * precision * recall / (precision + recall)
+    return _token_f1(pred_toks, gold_toks)
 
 
 # ----------------------------------------------------------------------------------------------------------------

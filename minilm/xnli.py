@@ -70,6 +70,14 @@ def _lines(path: str, argname: str):
         raise UserError(f"{argname} {path}: not UTF-8 text ({err})")
 
 
+def _header(rows, path: str, argname: str) -> tuple[int, list[str]]:
+    header = next(rows, None)
+    if header is None:
+        raise UserError(f"{argname}: {path} is empty")
+    line_no, fields = header
+    return line_no, [f.strip() for f in fields]
+
+
 def _finish(examples: NliExamples, bad_lines: list, path: str, argname: str, width: int) -> NliExamples:
     examples.skipped = len(bad_lines)
     if bad_lines:
@@ -85,11 +93,8 @@ def read_train_file(path: str, language: str, max_examples: int | None = None) -
     """multinli.train.{lang}.tsv: header `premise hypo label`, then one pair a line."""
     examples, bad = NliExamples(), []
     rows = _lines(path, "--train_language")
-    header = next(rows, None)
-    if header is None:
-        raise UserError(f"--train_language: {path} is empty")
-    line_no, fields = header
-    if [f.strip() for f in fields] != TRAIN_HEADER:
+    line_no, fields = _header(rows, path, "--train_language")
+    if fields != TRAIN_HEADER:
         raise UserError(f"{path}:{line_no}: expected the header '{' '.join(TRAIN_HEADER)}' (tab-separated), "
                         f"got {' | '.join(fields)[:200]!r}")
     for line_no, fields in rows:
@@ -106,11 +111,7 @@ def read_eval_file(path: str, max_examples_per_language: int | None = None) -> N
     """xnli.{dev,test}.tsv: columns found by name in the header (language, gold_label, sentence1, sentence2)."""
     examples, bad = NliExamples(), []
     rows = _lines(path, "--data_dir")
-    header = next(rows, None)
-    if header is None:
-        raise UserError(f"--data_dir: {path} is empty")
-    line_no, fields = header
-    names = [f.strip() for f in fields]
+    line_no, names = _header(rows, path, "--data_dir")
     missing = [c for c in EVAL_COLUMNS if c not in names]
     if missing:
         raise UserError(f"{path}:{line_no}: header lacks the column(s) {', '.join(missing)} "
@@ -195,10 +196,10 @@ def run(args) -> dict | None:
 
     from kdcore.cli import ensure_writable_dir
     from kdcore.modeling import atomic_write_json
-    from kdcore.runtime import Runtime, train
+    from kdcore.runtime import Runtime
 
-    from .finetune import (ListDataset, TaskObjective, check_max_seq_length, checkpoints_to_evaluate,
-                           load_task_model, load_task_tokenizer, pad_collate, save_hf_folder, uses_token_type_ids)
+    from .finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
+                           pad_collate, train_task, uses_token_type_ids)
 
     if not (args.do_train or args.do_eval):
         raise UserError("nothing to do: pass --do_train and/or --do_eval")
@@ -208,6 +209,14 @@ def run(args) -> dict | None:
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data_dir: no such folder: {args.data_dir}")
     train_language = args.train_language or args.language
+    # Read (and validate) every data file before loading a model or training.
+    examples = dev = test = None
+    if args.do_train:
+        examples = read_train_file(train_path(args.data_dir, train_language), train_language, args.max_train_examples)
+    if args.do_eval:
+        dev = read_eval_file(eval_path(args.data_dir, "dev"), args.max_eval_examples)
+        if os.path.isfile(eval_path(args.data_dir, "test")):
+            test = read_eval_file(eval_path(args.data_dir, "test"), args.max_eval_examples)
     ensure_writable_dir(args.output_dir)
     rt = Runtime(args)
     tokenizer = load_task_tokenizer(args)
@@ -216,32 +225,15 @@ def run(args) -> dict | None:
     check_max_seq_length(model.config, args.max_seq_length)
     collate = lambda items: pad_collate(items, tokenizer.pad_token_id)  # noqa: E731
 
-    dev = test = None
-    if args.do_eval:  # read (and validate) the evaluation files before training
-        dev = read_eval_file(eval_path(args.data_dir, "dev"), args.max_eval_examples)
-        if os.path.isfile(eval_path(args.data_dir, "test")):
-            test = read_eval_file(eval_path(args.data_dir, "test"), args.max_eval_examples)
-
     if args.do_train:
-        examples = read_train_file(train_path(args.data_dir, train_language), train_language, args.max_train_examples)
         logger.info("training on %d %s pairs (%d rows skipped)", len(examples), train_language, examples.skipped)
-        result = train(
-            rt, args, TaskObjective(model), ListDataset(encode(examples, tokenizer, args.max_seq_length, use_types)),
-            collate, args.per_gpu_train_batch_size, args.num_train_epochs,
-            lambda m, folder: save_hf_folder(m.model, folder, tokenizer),
-        )
-        logger.info("trained %d steps, last losses %s", result.global_step, result.last_losses)
+        train_task(rt, args, model, encode(examples, tokenizer, args.max_seq_length, use_types), tokenizer)
 
     if not args.do_eval or not rt.is_main:
         rt.barrier()
         return None
     dev_items = encode(dev, tokenizer, args.max_seq_length, use_types)
-    if args.do_train or args.eval_all_checkpoints:
-        targets = checkpoints_to_evaluate(args.output_dir, args.eval_all_checkpoints)
-        if not args.do_train and not targets:
-            targets = [("model", None)]
-    else:
-        targets = [("model", None)]
+    targets = models_to_evaluate(args)
     dev_results = {}
     for name, folder in targets:
         m = model if folder is None else load_task_model(args, AutoModelForSequenceClassification, tokenizer,
