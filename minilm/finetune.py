@@ -59,7 +59,7 @@ def add_model_args(parser, model_type_default: str = "bert") -> None:
                    help="Lower-case the input (uncased WordPiece vocabularies, as in the seed command).")
 
 
-def add_task_args(parser) -> None:
+def add_task_args(parser):
     """The seed commands' training / evaluation switches shared by run_squad.py and run_xnli.py."""
     g = parser.add_argument_group("task")
     g.add_argument("--do_train", action="store_true")
@@ -238,10 +238,3 @@ def checkpoints_to_evaluate(output_dir: str, include_checkpoints: bool) -> list[
     if os.path.isfile(os.path.join(output_dir, "config.json")):
         out.append(("final", output_dir))
     return out
-
-
-def seed_batch_size(args, name: str) -> int:
-    value = getattr(args, name)
-    if value is None or value < 1:
-        raise UserError(f"--{name} must be a positive integer, got {value}")
-    return value

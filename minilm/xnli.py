@@ -92,8 +92,8 @@ def _finish(examples: NliExamples, bad_lines: list, path: str, argname: str, wid
 def read_train_file(path: str, language: str, max_examples: int | None = None) -> NliExamples:
     """multinli.train.{lang}.tsv: header `premise hypo label`, then one pair a line."""
     examples, bad = NliExamples(), []
-    rows = _lines(path, "--train_language")
-    line_no, fields = _header(rows, path, "--train_language")
+    rows = _lines(path, "--language/--train_language")
+    line_no, fields = _header(rows, path, "--language/--train_language")
     if fields != TRAIN_HEADER:
         raise UserError(f"{path}:{line_no}: expected the header '{' '.join(TRAIN_HEADER)}' (tab-separated), "
                         f"got {' | '.join(fields)[:200]!r}")
@@ -104,7 +104,7 @@ def read_train_file(path: str, language: str, max_examples: int | None = None) -
             bad.append(line_no)
             continue
         examples.add(fields[0], fields[1], _label_id(fields[2], path, line_no), language)
-    return _finish(examples, bad, path, "--train_language", 3)
+    return _finish(examples, bad, path, "--language/--train_language", 3)
 
 
 def read_eval_file(path: str, max_examples_per_language: int | None = None) -> NliExamples:
