@@ -1,7 +1,6 @@
 """Shared pieces of the benchmark scripts: timing, the machine's own matmul rate, table + JSON output."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys

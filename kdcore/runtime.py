@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cli import UserError, ensure_writable_dir
-from .modeling import atomic_dir, atomic_write_json
+from .modeling import atomic_dir
 
 logger = logging.getLogger("kd.runtime")
 

@@ -19,14 +19,12 @@ import glob
 import logging
 import os
 import re
-import shutil
-import tempfile
 
 import torch
 from torch import nn
 
 from kdcore.cli import UserError
-from kdcore.modeling import check_vocab, load_model, load_tokenizer
+from kdcore.modeling import check_vocab, load_model, load_tokenizer, save_model
 
 logger = logging.getLogger("kd")
 
@@ -72,23 +70,6 @@ def add_task_args(parser):
     return g
 
 
-def _load_sentencepiece_model(path: str):
-    """An XLM-R tokenizer from a bare SentencePiece `.model` file (XLM-R's `sentencepiece.bpe.model`).
-
-    transformers 5 builds XLM-R tokenizers from a folder holding `sentencepiece.bpe.model` (converting it with the
-    fairseq id offset: <s>=0 <pad>=1 </s>=2 <unk>=3, SentencePiece piece i -> i+1, <mask> last); its constructor
-    ignores a `vocab_file` argument, so the file is read through a temporary folder.
-    """
-    from transformers import XLMRobertaTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(path, os.path.join(tmp, "sentencepiece.bpe.model"))
-        try:
-            return XLMRobertaTokenizer.from_pretrained(tmp)
-        except Exception as err:  # sentencepiece's own errors on a file that is not a model
-            raise UserError(f"--tokenizer_name {path}: not a SentencePiece model ({err})")
-
-
 def load_task_tokenizer(args):
     """The tokenizer named by --tokenizer_name (default: the model folder), checked against --model_type."""
     path = args.tokenizer_name or args.model_name_or_path
@@ -99,9 +80,7 @@ def load_task_tokenizer(args):
             f"--tokenizer_name {path}: no such file or folder (this toolkit runs offline: give a tokenizer "
             "folder, a vocab.txt, or a SentencePiece .model file)"
         )
-    if os.path.isfile(path) and path.endswith(".model"):
-        tokenizer = _load_sentencepiece_model(path)
-    elif os.path.isfile(path):
+    if os.path.isfile(path):
         tokenizer = load_tokenizer(path, "--tokenizer_name", do_lower_case=bool(args.do_lower_case))
     else:
         tokenizer = load_tokenizer(path, "--tokenizer_name", do_lower_case=True if args.do_lower_case else None)
@@ -134,26 +113,6 @@ def check_max_seq_length(config, max_seq_length: int) -> None:
             limit -= 2  # positions start after the padding index
         if max_seq_length > limit:
             raise UserError(f"--max_seq_length {max_seq_length} is longer than the model's {limit} positions")
-
-
-def save_hf_folder(model: nn.Module, folder: str, tokenizer=None) -> None:
-    """Write `save_pretrained` files INTO `folder`, keeping what else is there (checkpoints, logs, results).
-
-    Files are written to a temporary folder inside `folder` and moved into place one by one with os.replace,
-    so a reader never sees a half-written file. (kdcore.modeling.save_model replaces the whole folder, which
-    would delete the checkpoints when the final model goes to --output_dir.)
-    """
-    model = getattr(model, "module", model)
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".save-", dir=folder)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class TaskObjective(nn.Module):
@@ -209,7 +168,7 @@ def train_task(rt, args, model: nn.Module, items: list[dict], tokenizer):
     result = train(
         rt, args, TaskObjective(model), ListDataset(items), lambda batch: pad_collate(batch, tokenizer.pad_token_id),
         args.per_gpu_train_batch_size, args.num_train_epochs,
-        lambda objective, folder: save_hf_folder(objective.model, folder, tokenizer),
+        lambda objective, folder: save_model(objective.model, folder, tokenizer),
     )
     logger.info("trained %d steps, last losses %s", result.global_step, result.last_losses)
     return result
