@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kdcore.cli import UserError
+from kdcore.cli import UserError, read_json_file
 
 logger = logging.getLogger("kd")
 
@@ -54,13 +54,7 @@ class SquadExample:
 
 def read_squad_file(path: str, argname: str) -> dict:
     """Load and validate a SQuAD-format JSON file; returns the parsed JSON (with its `data` list)."""
-    if not os.path.isfile(path):
-        raise UserError(f"{argname}: no such file: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{argname} {path}: not a SQuAD JSON file ({err})")
+    obj = read_json_file(path, argname, "SQuAD JSON file")
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
         raise UserError(f"{argname} {path}: not a SQuAD JSON file (expected an object with a 'data' list)")
     ids = set()
