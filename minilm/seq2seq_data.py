@@ -64,7 +64,7 @@ def to_ids(texts: list, tokenizer) -> list[list[int]]:
     out: list[list[int] | None] = [None] * len(texts)
     strings = [(i, t) for i, t in enumerate(texts) if isinstance(t, str)]
     if strings:
-        enc = tokenizer([t for _, t in strings], add_special_tokens=False)["input_ids"]
+        enc = tokenizer([t for _, t in strings], add_special_tokens=False, verbose=False)["input_ids"]
         for (i, _), ids in zip(strings, enc):
             out[i] = list(ids)
     for i, t in enumerate(texts):
