@@ -91,10 +91,26 @@ def load_tokenizer(path: str, argname: str = "--tokenizer_name", do_lower_case: 
     if not os.path.isfile(path):
         raise UserError(f"{argname}: no such file or folder: {path}")
     if path.endswith(".model"):
-        from transformers import XLMRobertaTokenizerFast
+        return _xlmr_tokenizer_from_sentencepiece(path, argname)
+    # transformers 5 ignores `vocab_file=` here (it would build a 5-token tokenizer): pass the file as `vocab`.
+    return BertTokenizerFast(vocab=path, **kwargs)
 
-        return XLMRobertaTokenizerFast(vocab_file=path)
-    return BertTokenizerFast(vocab_file=path, **kwargs)
+
+def _xlmr_tokenizer_from_sentencepiece(path: str, argname: str):
+    """An XLM-R tokenizer from a bare SentencePiece `.model` file (XLM-R's `sentencepiece.bpe.model`).
+
+    transformers 5 builds XLM-R tokenizers from a folder holding `sentencepiece.bpe.model` (with the fairseq id
+    offset: <s>=0 <pad>=1 </s>=2 <unk>=3, piece i -> i+1, <mask> last); its constructor ignores `vocab_file`, so
+    the file is read through a temporary folder.
+    """
+    from transformers import XLMRobertaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(path, os.path.join(tmp, "sentencepiece.bpe.model"))
+        try:
+            return XLMRobertaTokenizer.from_pretrained(tmp)
+        except Exception as err:  # sentencepiece's own errors on a file that is not a model
+            raise UserError(f"{argname} {path}: not a SentencePiece model ({err})")
 
 
 def _load_state_dict(path: str, argname: str) -> dict:
@@ -391,6 +407,9 @@ def atomic_write_json(obj, path: str) -> None:
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should read like any other file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
             f.write("\n")

@@ -74,6 +74,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, defaults: dict | None = No
         help="Fraction of the optimisation steps spent in linear warmup.")
     add("--num_warmup_steps", "--warmup_steps", dest="num_warmup_steps", type=int, default=None,
         help="Warmup steps; overrides --warmup_proportion.")
+    add("--lr_schedule", dest="lr_schedule", default="linear", choices=["linear", "constant"],
+        help="'linear': warmup then linear decay to 0; 'constant': warmup then a constant rate "
+        "(TinyBERT's intermediate-layer stage used a constant rate).")
     add("--gradient_accumulation_steps", dest="gradient_accumulation_steps", type=int, default=1)
     add("--max_grad_norm", dest="max_grad_norm", type=float, default=1.0,
         help="Global-norm gradient clipping (<= 0 disables).")
@@ -194,12 +197,14 @@ def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
     )
 
 
-def linear_schedule(optimizer, num_warmup_steps: int, num_training_steps: int):
-    """lr factor: step/warmup during warmup, then linear decay to 0 at num_training_steps."""
+def linear_schedule(optimizer, num_warmup_steps: int, num_training_steps: int, decay: bool = True):
+    """lr factor: step/warmup during warmup, then linear decay to 0 at num_training_steps (or 1 if not decay)."""
 
     def factor(step: int) -> float:
         if step < num_warmup_steps:
             return step / max(1, num_warmup_steps)
+        if not decay:
+            return 1.0
         return max(0.0, (num_training_steps - step) / max(1, num_training_steps - num_warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -462,7 +467,7 @@ def train(
     if isinstance(frozen, nn.Module):
         frozen.eval()  # the teacher stays in eval mode (no dropout) for the whole run
     optimizer = build_optimizer(model, args)
-    scheduler = linear_schedule(optimizer, warmup, total_steps)
+    scheduler = linear_schedule(optimizer, warmup, total_steps, decay=getattr(args, "lr_schedule", "linear") == "linear")
     state = TrainState()
     resume = resolve_resume(args, checkpoint_prefix)
     if resume:

@@ -117,3 +117,11 @@ def test_bare_weights_file_with_config_name(tmp_path, tiny_bert_dir):
     ref = AutoModel.from_pretrained(tiny_bert_dir)
     for k, v in ref.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_tokenizer_from_bare_vocab_file(packaged_teacher):
+    from kdcore.modeling import load_tokenizer
+
+    tok = load_tokenizer(os.path.join(packaged_teacher, "vocab.txt"), do_lower_case=True)
+    assert len(tok) == 30522
+    assert tok.tokenize("Hello World") == ["hello", "world"]

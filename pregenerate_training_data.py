@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""TinyBERT step 1 of general distillation: turn a text corpus into epoch_N.json training files.
+
+    python pregenerate_training_data.py --train_corpus ../shared/data/corpus/wiki.txt \
+        --bert_model BERT_DIR --reduce_memory --do_lower_case --epochs_to_generate 3 --output_dir CORPUS_JSON
+"""
+import argparse
+import os
+
+from kdcore.cli import UserError, ensure_writable_dir, parse_args, require_file, run_main
+from kdcore.modeling import load_tokenizer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train_corpus", required=True,
+                   help="text file: documents separated by blank lines; one sentence per line, or raw text")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--bert_model", required=True, help="model folder with a tokenizer, or a vocab.txt")
+    p.add_argument("--do_lower_case", action="store_true",
+                   help="lower-case (default: whatever the tokenizer folder says; a bare vocab.txt lower-cases)")
+    p.add_argument("--do_whole_word_mask", action="store_true",
+                   help="mask all pieces of a word together rather than single WordPieces")
+    p.add_argument("--reduce_memory", action="store_true",
+                   help="keep the tokenized corpus on disk (a temporary file in --output_dir), not in memory")
+    p.add_argument("--num_workers", type=int, default=1, help="processes that write the epochs (in parallel)")
+    p.add_argument("--epochs_to_generate", type=int, default=3)
+    p.add_argument("--max_seq_len", type=int, default=128)
+    p.add_argument("--short_seq_prob", type=float, default=0.1,
+                   help="probability of a shorter target length for an example")
+    p.add_argument("--masked_lm_prob", type=float, default=0.0,
+                   help="fraction of tokens to mask; 0 (TinyBERT's default) writes no masks at all")
+    p.add_argument("--max_predictions_per_seq", type=int, default=20)
+    p.add_argument("--one_seq", action="store_true",
+                   help="no random next sentences: segment B is always the text that follows A")
+    # Additions to the original arguments.
+    p.add_argument("--corpus_format", choices=["auto", "sentences", "raw"], default="auto",
+                   help="'sentences': one sentence per line; 'raw': paragraph or wrapped lines, split into "
+                        "sentences; 'auto' (default) decides from the first lines")
+    p.add_argument("--seed", type=int, default=42, help="the output depends only on this, not on --num_workers")
+    p.add_argument("--max_documents", type=int, default=None, help="read only the first N documents")
+    return p
+
+
+def main(argv=None):
+    args = parse_args(build_parser(), argv)
+    require_file(args.train_corpus, "--train_corpus")
+    if args.max_documents is not None and args.max_documents < 1:
+        raise UserError("--max_documents must be at least 1")
+    tokenizer = load_tokenizer(args.bert_model, "--bert_model", do_lower_case=True if args.do_lower_case else None)
+    if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
+        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no [CLS]/[SEP]/[MASK] tokens")
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
+    ensure_writable_dir(args.output_dir)
+    from tinybert.pregenerate import pregenerate
+
+    counts = pregenerate(args, tokenizer)
+    for epoch, count in enumerate(counts):
+        print(f"epoch {epoch}: {count} examples -> {os.path.join(args.output_dir, f'epoch_{epoch}.json')}")
+
+
+if __name__ == "__main__":
+    run_main(main)

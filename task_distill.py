@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""TinyBERT task-specific distillation on GLUE, and evaluation of a distilled model.
+
+Stage 1, intermediate layers:
+    python task_distill.py --teacher_model FT_BERT_DIR --student_model GENERAL_TINYBERT_DIR --data_dir TASK_DIR \
+        --task_name SST-2 --output_dir TMP_TINYBERT_DIR --max_seq_length 128 --train_batch_size 32 \
+        --num_train_epochs 10 --aug_train --do_lower_case
+Stage 2, prediction layer:
+    python task_distill.py --pred_distill --teacher_model FT_BERT_DIR --student_model TMP_TINYBERT_DIR ... \
+        --learning_rate 3e-5 --num_train_epochs 3 --eval_step 100
+Evaluation only:
+    python task_distill.py --do_eval --student_model TINYBERT_DIR --data_dir TASK_DIR --task_name SST-2 \
+        --output_dir OUT --eval_batch_size 32 --max_seq_length 128
+
+Results go to OUTPUT_DIR/eval_results.json (metric -> number); --do_predict writes the GLUE test predictions.
+"""
+import argparse
+
+from kdcore.cli import parse_args, run_main
+from kdcore.runtime import add_runtime_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", required=True, help="the task's folder with train.tsv / dev.tsv (/ train_aug.tsv)")
+    p.add_argument("--teacher_model", default=None, help="fine-tuned teacher folder (not needed with --do_eval)")
+    p.add_argument("--student_model", required=True,
+                   help="student folder (general TinyBERT, or stage 1's output), or a student config JSON")
+    p.add_argument("--task_name", required=True)
+    p.add_argument("--cache_dir", default="", help="accepted for compatibility; unused")
+    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--do_eval", action="store_true", help="only evaluate --student_model on the dev set")
+    p.add_argument("--do_predict", action="store_true", help="also write test-set predictions (GLUE submission format)")
+    p.add_argument("--do_lower_case", action="store_true")
+    p.add_argument("--train_batch_size", type=int, default=32, help="total batch per optimisation step")
+    p.add_argument("--eval_batch_size", type=int, default=32)
+    p.add_argument("--num_train_epochs", type=float, default=3.0)
+    p.add_argument("--aug_train", action="store_true", help="train on train_aug.tsv (data_augmentation.py)")
+    p.add_argument("--eval_step", type=int, default=50, help="stage 2: evaluate (and keep the best) every N steps")
+    p.add_argument("--pred_distill", action="store_true", help="stage 2: prediction-layer distillation")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--data_url", default="", help="accepted for compatibility (Huawei cloud); unused")
+    p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--max_eval_examples", type=int, default=None, help="use only the first N dev examples")
+    add_runtime_args(p, defaults={"learning_rate": 5e-5, "weight_decay": 0.01}, aliases={"weight_decay": ["--wd"]})
+    return p
+
+
+def main(argv=None):
+    args = parse_args(build_parser(), argv)
+    from tinybert.task_distill import run_task_distill
+
+    return run_task_distill(args)
+
+
+if __name__ == "__main__":
+    run_main(main)

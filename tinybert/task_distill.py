@@ -1,0 +1,231 @@
+"""TinyBERT task-specific distillation (`task_distill.py`).
+
+Stage 1 (intermediate layers, default): for student layer i and teacher layer g(i) = (i+1)k-1, k = N_t/N_s,
+
+    L = MSE(W e^S, e^T) + sum_i MSE(W h^S_i, h^T_{(i+1)k}) + sum_i MSE(A^S_i, A^T_{g(i)})
+
+with the embedding output e, layer outputs h, raw attention scores A = QK^T/sqrt(d) (padded positions
+excluded, see tinybert/losses.py) and W the trainable `fit_dense` (student width -> the teacher's width, read
+from the teacher's config). Stage 2 (`--pred_distill`): soft cross-entropy against the teacher's logits at
+temperature T; for STS-B (regression) the MSE to the teacher's score, not the gold label.
+
+The teacher is frozen, in eval mode, and registered as `objective.teacher`; Q/K come from forward hooks
+(`SelfAttentionCapture`), so both models keep SDPA attention.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.modeling import SelfAttentionCapture, attention_scores, build_student, encoder_layers, load_teacher, save_model
+from tinybert.classification import (
+    GlueDataset, evaluate_all, eval_sets, has_tokenizer, is_classifier_config, label_config, load_classifier,
+    model_inputs, predict_test_sets, read_folder_config, write_results,
+)
+from tinybert.glue import GlueTask, get_task, label_order, load_split
+from tinybert.losses import attention_score_mse, hidden_mse, layer_mapping, regression_mse, soft_cross_entropy
+
+logger = logging.getLogger("kd.task_distill")
+
+
+class TaskDistillObjective(nn.Module):
+    """forward(**batch) -> {"loss", per-term losses}; `pred_distill` picks the stage."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, task: GlueTask, pred_distill: bool, temperature: float = 1.0):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher  # frozen; excluded from checkpoints and from DDP by the runtime
+        self.task = task
+        self.pred_distill = pred_distill
+        self.temperature = temperature
+        s_cfg, t_cfg = student.config, teacher.config
+        self.num_student_layers = s_cfg.num_hidden_layers
+        self.num_teacher_layers = t_cfg.num_hidden_layers
+        if not pred_distill:
+            if self.num_teacher_layers % self.num_student_layers:
+                raise UserError(f"teacher depth {self.num_teacher_layers} is not a multiple of student depth "
+                                f"{self.num_student_layers}")
+            if s_cfg.num_attention_heads != t_cfg.num_attention_heads:
+                raise UserError(
+                    f"the attention loss compares heads one to one: student has {s_cfg.num_attention_heads} heads, "
+                    f"teacher {t_cfg.num_attention_heads}; give the student the teacher's head count"
+                )
+            self.attention_map = layer_mapping(self.num_student_layers, self.num_teacher_layers)
+            self.k = self.num_teacher_layers // self.num_student_layers
+            self.fit_dense = nn.Linear(s_cfg.hidden_size, t_cfg.hidden_size)
+            # The pooler and the classifier get no gradient from these losses: freeze them (as unused parameters
+            # they would also stall DDP's gradient reduction).
+            for name, p in student.named_parameters():
+                if not name.startswith(student.base_model_prefix + ".") or ".pooler." in name:
+                    p.requires_grad_(False)
+
+    def intermediate_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        mask = batch["attention_mask"]
+        inputs = model_inputs(batch)
+        with SelfAttentionCapture(self.student, list(range(self.num_student_layers)), ("query", "key")) as s_cap:
+            s_out = self.student.base_model(**inputs, output_hidden_states=True)
+        with torch.no_grad(), SelfAttentionCapture(self.teacher, self.attention_map, ("query", "key")) as t_cap:
+            t_out = self.teacher.base_model(**inputs, output_hidden_states=True)
+        s_hidden, t_hidden = s_out.hidden_states, t_out.hidden_states
+        emb_loss = hidden_mse(self.fit_dense(s_hidden[0]), t_hidden[0], mask)
+        hid_loss = sum(hidden_mse(self.fit_dense(s_hidden[j]), t_hidden[j * self.k], mask)
+                       for j in range(1, self.num_student_layers + 1))
+        att_loss = 0.0
+        for i, t_layer in enumerate(self.attention_map):
+            s_scores = attention_scores(s_cap[i].query, s_cap[i].key, mask)
+            t_scores = attention_scores(t_cap[t_layer].query, t_cap[t_layer].key, mask)
+            att_loss = att_loss + attention_score_mse(s_scores, t_scores, mask)
+        loss = emb_loss + hid_loss + att_loss
+        return {"loss": loss, "emb_loss": emb_loss.detach(), "hidden_loss": hid_loss.detach(), "att_loss": att_loss.detach()}
+
+    def prediction_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        inputs = model_inputs(batch)
+        s_logits = self.student(**inputs).logits
+        with torch.no_grad():
+            t_logits = self.teacher(**inputs).logits
+        if self.task.labels is None:
+            loss = regression_mse(s_logits, t_logits)
+        else:
+            loss = soft_cross_entropy(s_logits, t_logits, self.temperature)
+        return {"loss": loss, "cls_loss": loss.detach()}
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        return self.prediction_loss(batch) if self.pred_distill else self.intermediate_losses(batch)
+
+
+@torch.no_grad()
+def mean_distill_losses(objective: TaskDistillObjective, dataset: GlueDataset, batch_size: int, device) -> dict:
+    """The stage's loss terms averaged over a (dev) set, example-weighted."""
+    totals, count = {}, 0
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        batch = {k: v.to(device) for k, v in dataset.collate(items).items()}
+        out = objective(**batch)
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v) * len(items)
+        count += len(items)
+    return {f"distill_{k}": v / max(1, count) for k, v in totals.items()}
+
+
+def _check_teacher(teacher, task: GlueTask, path: str, pred_distill: bool) -> None:
+    if is_classifier_config(teacher.config):
+        if teacher.config.num_labels != task.num_labels:
+            raise UserError(f"--teacher_model {path}: a classifier with {teacher.config.num_labels} outputs; "
+                            f"{task.name} needs {task.num_labels}")
+    elif pred_distill:
+        raise UserError(f"--teacher_model {path}: not a fine-tuned sequence-classification model (its predictions "
+                        f"would come from an untrained head); fine-tune it on {task.name} with run_glue.py first")
+    else:
+        logger.warning("--teacher_model %s is not fine-tuned for %s: only its intermediate layers are used", path, task.name)
+
+
+def run_task_distill(args) -> dict:
+    from transformers import AutoModelForSequenceClassification
+
+    from kdcore.modeling import load_tokenizer
+    from kdcore.runtime import Runtime, train
+
+    task = get_task(args.task_name)
+    task_key = args.task_name.lower()
+    if not os.path.isdir(args.data_dir):
+        raise UserError(f"--data_dir: no such folder: {args.data_dir}")
+    ensure_writable_dir(args.output_dir)
+    eval_only = args.do_eval
+    if not eval_only and not args.teacher_model:
+        raise UserError("--teacher_model is required for distillation (only --do_eval runs without a teacher)")
+    rt = Runtime(args)
+    student_is_folder = os.path.isdir(args.student_model) and read_folder_config(args.student_model) is not None
+    tok_path = args.student_model if has_tokenizer(args.student_model) else args.teacher_model
+    if not has_tokenizer(tok_path) and not (tok_path and os.path.isfile(tok_path)):
+        raise UserError("neither --student_model nor --teacher_model has tokenizer files")
+    do_lower = True if args.do_lower_case else None
+    tokenizer = load_tokenizer(tok_path, "--student_model" if tok_path == args.student_model else "--teacher_model",
+                               do_lower_case=do_lower)
+
+    teacher = None
+    if eval_only:
+        s_cfg = read_folder_config(args.student_model)
+        labels = label_order(task, s_cfg if (s_cfg is not None and is_classifier_config(s_cfg)) else None)
+    else:
+        teacher = load_teacher(args.teacher_model, model_class=AutoModelForSequenceClassification)
+        _check_teacher(teacher, task, args.teacher_model, args.pred_distill)
+        labels = label_order(task, teacher.config if is_classifier_config(teacher.config) else None)
+        for k, v in label_config(task, labels).items():
+            setattr(teacher.config, k, v)
+
+    if student_is_folder:
+        student = load_classifier(args.student_model, task, labels, "--student_model", tokenizer=tokenizer)
+    else:  # a student config JSON (e.g. configs/tinybert_4L_312D.json); the rest follows the teacher
+        if teacher is None:
+            raise UserError(f"--student_model {args.student_model}: --do_eval needs a trained model folder")
+        student = build_student(args.student_model, teacher.config, tokenizer,
+                                model_class=AutoModelForSequenceClassification)
+        for k, v in label_config(task, labels).items():
+            setattr(student.config, k, v)
+    if teacher is not None and student.config.vocab_size != teacher.config.vocab_size:
+        raise UserError(f"--student_model: vocabulary {student.config.vocab_size} differs from the teacher's "
+                        f"{teacher.config.vocab_size}")
+
+    sets = eval_sets(task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length, args.max_eval_examples)
+    if eval_only:
+        student = student.to(rt.device)
+        result = {}
+        if rt.is_main:
+            result = evaluate_all(student, sets, task, args.eval_batch_size, rt.device)
+            write_results(result, args.output_dir)
+            if args.do_predict:
+                predict_test_sets(student, task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length,
+                                  args.output_dir, args.eval_batch_size, rt.device)
+        rt.barrier()
+        return result
+
+    examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
+    train_set = GlueDataset(examples, tokenizer, task, labels, args.max_seq_length)
+    objective = TaskDistillObjective(student, teacher, task, args.pred_distill, args.temperature)
+    denom = max(1, args.gradient_accumulation_steps) * rt.world_size
+    if args.train_batch_size % denom:
+        raise UserError(f"--train_batch_size {args.train_batch_size} is not divisible by gradient accumulation steps "
+                        f"x processes = {denom}")
+    micro_batch = args.train_batch_size // denom
+
+    def save_fn(obj, folder):
+        extra = {"fit_dense": obj.fit_dense} if not obj.pred_distill else None
+        save_model(obj.student, folder, tokenizer, extra_modules=extra)
+
+    def evaluate_fn(obj, step):
+        result = evaluate_all(obj.student, sets, task, args.eval_batch_size, rt.device)
+        if not obj.pred_distill:  # stage 1: the intermediate losses on dev say how far the student got
+            result.update(mean_distill_losses(obj, sets[""], args.eval_batch_size, rt.device))
+        return result
+
+    logger.info("stage %s: %d training examples, total batch %d", "2 (prediction layer)" if args.pred_distill
+                else "1 (intermediate layers)", len(train_set), args.train_batch_size)
+    result = train(rt, args, objective, train_set, train_set.collate, micro_batch, args.num_train_epochs, save_fn,
+                   evaluate_fn=evaluate_fn, eval_steps=args.eval_step if args.pred_distill else 0,
+                   metric_for_best=task.metric if args.pred_distill else None)
+    final = {}
+    if rt.is_main:
+        # Results of the model that was saved (the best one in stage 2, the last one in stage 1).
+        history = result.eval_history
+        if args.pred_distill:
+            best = max(history, key=lambda r: r[f"eval_{task.metric}"])
+        else:
+            best = history[-1]
+        final = {k[len("eval_"):]: v for k, v in best.items() if k.startswith("eval_")}
+        final["global_step"] = best["step"]
+        for k, v in result.last_losses.items():
+            final[f"train_{k}"] = v
+        write_results(final, args.output_dir)
+        if args.do_predict:
+            saved = load_classifier(args.output_dir, task, labels, "--output_dir", tokenizer=tokenizer).to(rt.device)
+            predict_test_sets(saved, task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length,
+                              args.output_dir, args.eval_batch_size, rt.device)
+    rt.barrier()
+    return final
