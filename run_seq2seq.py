@@ -86,7 +86,8 @@ def check_args(args) -> None:
 def main(argv=None):
     from transformers import AutoModelForMaskedLM
 
-    from minilm.seq2seq_data import Seq2SeqTrainDataset, TrainCollator, load_train_features, truncation_report
+    from minilm.seq2seq_data import (Seq2SeqTrainDataset, TrainCollator, check_special_tokens, load_train_features,
+                                     truncation_report)
     from minilm.unilm import UniLMSeq2Seq
 
     args = parse_args(build_parser(), argv)
@@ -96,6 +97,7 @@ def main(argv=None):
         ensure_writable_dir(args.output_dir)
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, "--tokenizer_name",
                                do_lower_case=True if args.do_lower_case else None)
+    check_special_tokens(tokenizer)
     mlm = load_model(args.model_name_or_path, AutoModelForMaskedLM, config_name=args.config_name)
     if len(tokenizer) > mlm.config.vocab_size:
         raise UserError(f"--tokenizer_name: {len(tokenizer)} tokens but the model embeds only {mlm.config.vocab_size}")

@@ -76,6 +76,14 @@ def to_ids(texts: list, tokenizer) -> list[list[int]]:
 # --------------------------------------------------------------------------------------------------------------
 # Feature cache (safetensors)
 # --------------------------------------------------------------------------------------------------------------
+def check_special_tokens(tokenizer, argname: str = "--tokenizer_name") -> None:
+    """UniLM needs [CLS]/<s>, [SEP]/</s>, [MASK]/<mask> and a pad token."""
+    missing = [name for name in ("cls", "sep", "mask", "pad") if getattr(tokenizer, f"{name}_token_id") is None]
+    if missing:
+        raise UserError(f"{argname}: the tokenizer has no {', '.join(missing)} token (UniLM seq2seq needs "
+                        "cls, sep, mask and pad)")
+
+
 def tokenizer_fingerprint(tokenizer) -> dict:
     return {
         "tokenizer_class": type(tokenizer).__name__,
@@ -189,10 +197,9 @@ class Seq2SeqTrainDataset(Dataset):
         self.targets = features["target_ids"]
         self.max_source_len = max_source_len
         self.max_target_len = max_target_len
+        check_special_tokens(tokenizer)
         self.cls_id, self.sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         self.mask_id, self.pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
-        if None in (self.cls_id, self.sep_id, self.mask_id, self.pad_id):
-            raise UserError("the tokenizer needs cls, sep, mask and pad tokens for UniLM seq2seq")
         self.vocab_size = len(tokenizer)
         self.keep_prob, self.random_prob = keep_prob, random_prob
         self.target_mask_prob, self.source_mask_prob = target_mask_prob, source_mask_prob

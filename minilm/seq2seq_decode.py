@@ -14,7 +14,7 @@ from kdcore.cli import UserError
 from kdcore.modeling import atomic_write_json, load_model
 
 from .beam_search import CachedStepper, RecomputeStepper, SearchConfig, beam_search
-from .seq2seq_data import decode_sources, detokenize, pad_stack, read_jsonl, to_ids
+from .seq2seq_data import check_special_tokens, decode_sources, detokenize, pad_stack, read_jsonl, to_ids
 from .unilm import UniLMSeq2Seq
 
 logger = logging.getLogger("kd.decode")
@@ -43,6 +43,7 @@ def check_has_lm_head(model_path: str, argname: str = "--model_path") -> None:
 def load_seq2seq_model(model_path: str, tokenizer, config_path: str | None = None) -> UniLMSeq2Seq:
     from transformers import AutoModelForMaskedLM
 
+    check_special_tokens(tokenizer)
     check_has_lm_head(model_path)
     mlm = load_model(model_path, AutoModelForMaskedLM, config_name=config_path, argname="--model_path")
     if len(tokenizer) > mlm.config.vocab_size:

@@ -93,20 +93,25 @@ def test_decode_dev_beam5_trigram_blocking_and_score(xsum_run, shared_data, bert
     assert saved["rouge1"] > 0.0
 
 
-def test_resume_from_ckpt_is_exact(tmp_path, tiny_dir, shared_data):
-    """6 steps straight == 3 steps, stop, resume from ckpt-3 (noise, dropout and data order included)."""
+def test_seed_style_files_and_exact_resume_from_ckpt(tmp_path, tiny_dir, shared_data, packaged_teacher):
+    """The MiniLM README's form (bare .bin weights with "bert." keys + --config_name + a vocab.txt, a .pt cache
+    name), and: 6 steps straight == 3 steps, stop, resume from ckpt-3 (noise, dropout and data order included)."""
+    from safetensors.torch import load_file
+
+    weights = str(tmp_path / "minilm-tiny-uncased.bin")
+    torch.save({"bert." + k: v for k, v in load_file(os.path.join(tiny_dir, "model.safetensors")).items()}, weights)
+    seed_files = ["--config_name", os.path.join(tiny_dir, "config.json"),
+                  "--tokenizer_name", os.path.join(packaged_teacher, "vocab.txt")]
     train_file = str(tmp_path / "train.json")
     with open(os.path.join(shared_data, "seq2seq", "xsum", "train.json"), encoding="utf-8") as f:
         open(train_file, "w", encoding="utf-8").writelines(itertools.islice(f, 20))
-    cache = str(tmp_path / "features.pt")
+    cache = str(tmp_path / "xsum_train.uncased.features.pt")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    extra = ["--cached_train_features_file", cache, "--per_gpu_train_batch_size", "4"]
-    run_seq2seq.main(_train_args(train_file, straight, tiny_dir, steps=6, save_steps=3, extra=extra))
+    extra = ["--cached_train_features_file", cache, "--per_gpu_train_batch_size", "4", *seed_files]
+    run_seq2seq.main(_train_args(train_file, straight, weights, steps=6, save_steps=3, extra=extra))
     os.makedirs(resumed)
     shutil.copytree(straight / "ckpt-3", resumed / "ckpt-3")
-    run_seq2seq.main(_train_args(train_file, resumed, tiny_dir, steps=6, save_steps=3, extra=extra))
-    from safetensors.torch import load_file
-
+    run_seq2seq.main(_train_args(train_file, resumed, weights, steps=6, save_steps=3, extra=extra))
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     first = load_file(str(straight / "ckpt-3" / "model.safetensors"))
