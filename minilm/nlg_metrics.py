@@ -238,17 +238,13 @@ def read_lines(path: str, argname: str) -> list[str]:
 
 def read_references(path: str, argname: str = "--gold") -> tuple[list[str], list[str] | None]:
     """References (and sources, if present) from JSON lines with "tgt" (and "src"), or plain text lines."""
+    from .seq2seq_data import iter_json_lines
+
     lines = read_lines(path, argname)
     if lines and lines[0].lstrip().startswith("{"):
         refs, srcs = [], []
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})")
-            if "tgt" not in obj:
+        for lineno, obj in iter_json_lines(path, argname):
+            if not isinstance(obj, dict) or "tgt" not in obj:
                 raise UserError(f"{path}:{lineno}: no \"tgt\" field to score against")
             join = lambda v: v if isinstance(v, str) else " ".join(v)  # noqa: E731
             refs.append(join(obj["tgt"]))

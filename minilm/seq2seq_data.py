@@ -28,28 +28,33 @@ CACHE_FORMAT = "kd-seq2seq-features-v1"
 # --------------------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------------------
-def read_jsonl(path: str, require_target: bool, argname: str = "--train_file") -> list[dict]:
-    """Examples of a JSON-lines file; UserError naming file:line for anything malformed, or an empty file."""
+def iter_json_lines(path: str, argname: str):
+    """(line number, object) for every non-blank line of a JSON-lines file; UserError naming file:line."""
     if not path or not os.path.isfile(path):
         raise UserError(f"{argname}: no such file: {path}")
-    examples = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})")
-            if not isinstance(obj, dict) or "src" not in obj:
-                raise UserError(f"{path}:{lineno}: no \"src\" field (expected {{\"src\": ..., \"tgt\": ...}})")
-            for key in ("src", "tgt"):
-                if key in obj and not _is_text(obj[key]):
-                    raise UserError(f"{path}:{lineno}: \"{key}\" must be a string or a list of token strings")
-            if require_target and "tgt" not in obj:
-                raise UserError(f"{path}:{lineno}: no \"tgt\" field (needed for training)")
-            obj["_line"] = lineno
-            examples.append(obj)
+
+
+def read_jsonl(path: str, require_target: bool, argname: str = "--train_file") -> list[dict]:
+    """Examples of a JSON-lines file; UserError naming file:line for anything malformed, or an empty file."""
+    examples = []
+    for lineno, obj in iter_json_lines(path, argname):
+        if not isinstance(obj, dict) or "src" not in obj:
+            raise UserError(f"{path}:{lineno}: no \"src\" field (expected {{\"src\": ..., \"tgt\": ...}})")
+        for key in ("src", "tgt"):
+            if key in obj and not _is_text(obj[key]):
+                raise UserError(f"{path}:{lineno}: \"{key}\" must be a string or a list of token strings")
+        if require_target and "tgt" not in obj:
+            raise UserError(f"{path}:{lineno}: no \"tgt\" field (needed for training)")
+        obj["_line"] = lineno
+        examples.append(obj)
     if not examples:
         raise UserError(f"{argname} {path}: the file has no examples")
     return examples
