@@ -69,7 +69,6 @@ def pseudo_mask_attention(num_source_tokens: torch.Tensor, num_target_tokens: to
     pad_rows = ~real_rows
     diag = torch.arange(L, device=device)
     mask[:, diag, diag] |= pad_rows
-    del src_rows, tgt_rows, ps_rows
     return mask
 
 
