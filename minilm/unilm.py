@@ -155,20 +155,6 @@ class UniLMSeq2Seq(nn.Module):
         self.source_type_id = 0
         self.target_type_id = 1 if getattr(config, "type_vocab_size", 1) > 1 else 0
 
-    def state_dict(self, *args, **kwargs):
-        """The usual state dict, except that a tensor shared under two names (the LM decoder tied to the word
-        embeddings, the decoder bias tied to the head bias) is cloned for its second name: safetensors refuses to
-        write shared storage, and loading copies the same values into the one tied parameter twice."""
-        state = super().state_dict(*args, **kwargs)
-        seen = set()
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
-                if ident in seen:
-                    state[key] = value.detach().clone()
-                seen.add(ident)
-        return state
-
     # -- pieces of the HF model ------------------------------------------------------------------------------
     @property
     def config(self):
