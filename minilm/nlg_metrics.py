@@ -16,7 +16,6 @@ generation, with the papers' post-processing.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
