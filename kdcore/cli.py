@@ -113,6 +113,17 @@ def require_file(path: str, argname: str) -> str:
     return path
 
 
+def read_json_file(path: str, argname: str, what: str = "JSON file"):
+    """Parse a JSON file, or raise UserError naming the argument, the file and what was expected."""
+    if not os.path.isfile(path):
+        raise UserError(f"{argname}: no such file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{argname} {path}: not a {what} ({err})")
+
+
 def str2bool(value: str | bool) -> bool:
     if isinstance(value, bool):
         return value

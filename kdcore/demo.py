@@ -120,7 +120,8 @@ def plot_loss_curves(logs: dict[str, str], out_png: str) -> None:
         keys = sorted({k for r in records for k in r if k not in skip})
         for k in keys:
             pts = [(r["step"], r[k]) for r in records if k in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, linewidth=1.2)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, linewidth=1.2,
+                    marker="." if len(pts) < 30 else None)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_yscale("log")

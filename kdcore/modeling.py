@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .cli import UserError
+from .cli import UserError, read_json_file
 
 # Fields of a student config that describe its size; everything else (vocabulary, positions, token types,
 # special ids, model type) follows the teacher so that the student reads the teacher's tokenizer.
@@ -51,11 +51,7 @@ def _read_config(path: str, argname: str):
         return AutoConfig.from_pretrained(path)
     if not os.path.isfile(path):
         raise UserError(f"{argname}: no such file or folder: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{argname} {path}: not a JSON config ({err})")
+    raw = read_json_file(path, argname, "JSON config")
     model_type = raw.pop("model_type", "bert")
     if model_type == "minilm":  # the MiniLM release calls its BERT-architecture models "minilm"
         model_type = "bert"
@@ -240,11 +236,7 @@ def build_student(student_model: str, teacher_config=None, tokenizer=None, model
     config_path = os.path.join(student_model, "config.json") if os.path.isdir(student_model) else student_model
     if not os.path.isfile(config_path):
         raise UserError(f"{argname}: no such config file or model folder: {student_model}")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{argname} {config_path}: not a JSON config ({err})")
+    raw = read_json_file(config_path, argname, "JSON config")
     if teacher_config is None:
         config = _read_config(config_path, argname)
     else:

@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cli import UserError, ensure_writable_dir
-from .modeling import atomic_dir, atomic_write_json
+from .modeling import atomic_dir
 
 logger = logging.getLogger("kd.runtime")
 
@@ -230,8 +230,19 @@ def epoch_indices(num_examples: int, epoch: int, seed: int, rank: int, world_siz
 # Checkpoints
 # --------------------------------------------------------------------------------------------------------------
 def trainable_state_dict(model: nn.Module) -> dict:
-    """The objective's state without the frozen teacher."""
-    return {k: v for k, v in unwrap(model).state_dict().items() if not k.startswith(FROZEN_ATTRIBUTE + ".")}
+    """The objective's state without the frozen teacher, ready for safetensors.
+
+    A tensor shared under two names (an LM decoder tied to the word embeddings) is cloned for its second name:
+    safetensors refuses shared storage, and loading copies the same values into the one tied parameter twice.
+    """
+    state, seen = {}, set()
+    for k, v in unwrap(model).state_dict().items():
+        if k.startswith(FROZEN_ATTRIBUTE + "."):
+            continue
+        ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        state[k] = v.detach().clone() if ident in seen else v
+        seen.add(ident)
+    return state
 
 
 def _rng_state() -> dict:
@@ -422,7 +433,11 @@ class JsonlLogger:
 
 
 def _count_tokens(batch) -> int:
+    """Real tokens in a batch: from its attention mask, or from per-example `num_*_tokens` counts."""
     if isinstance(batch, dict):
+        counts = [v for k, v in batch.items() if k.startswith("num_") and k.endswith("_tokens")]
+        if counts:
+            return int(sum(int(c.sum()) for c in counts))
         if "attention_mask" in batch and isinstance(batch["attention_mask"], torch.Tensor):
             return int(batch["attention_mask"].sum())
         if "input_ids" in batch and isinstance(batch["input_ids"], torch.Tensor):

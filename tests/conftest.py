@@ -2,7 +2,11 @@
 import os
 import sys
 
-import pytest
+# Tiny models run fastest on one thread, and on a shared 2-core machine a second OpenMP thread that spins
+# while the other core is busy makes some tests 30x slower. Set before torch is imported; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)

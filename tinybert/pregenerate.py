@@ -16,7 +16,6 @@ and only two small integers per document stay in memory.
 """
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import multiprocessing as mp

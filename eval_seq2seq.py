@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Score a decode_seq2seq.py prediction file against references and write the scores as JSON.
+
+    # summarisation (XSum, CNN/DailyMail): ROUGE-1/2/L F1, rouge-score with stemming
+    python eval_seq2seq.py --task xsum --pred out/xsum/ckpt-108000.dev --gold ../shared/data/seq2seq/xsum/dev.json
+    # question generation: BLEU-4, METEOR, ROUGE-L, references grouped per source sentence (Du et al.)
+    python eval_seq2seq.py --task qg --pred pred.txt --gold qg/test.json --nltk_data ../shared/data/nltk_data
+
+--gold is JSON lines with "tgt" (and "src", used for QG grouping) or plain text, one reference a line (then QG
+needs --src_file). Output: --output_json (default <pred>.scores.json), also printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from kdcore.cli import parse_args, run_main
+from kdcore.modeling import atomic_write_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="xsum", choices=["xsum", "cnndm", "summarization", "qg"])
+    p.add_argument("--pred", "--out_file", dest="pred", required=True, help="Predictions, one line per example.")
+    p.add_argument("--gold", "--tgt_file", dest="gold", required=True, help="References: JSON lines or text lines.")
+    p.add_argument("--src_file", default=None, help="QG with a plain-text --gold: the source sentences, one a line.")
+    p.add_argument("--nltk_data", default=None, help="Folder holding corpora/wordnet (for METEOR).")
+    p.add_argument("--split", default="", help="Accepted for the seed commands.")
+    p.add_argument("--output_json", default=None, help="Default: <pred>.scores.json")
+    return p
+
+
+def main(argv=None):
+    from minilm.nlg_metrics import score_files
+
+    args = parse_args(build_parser(), argv)
+    task = "qg" if args.task == "qg" else "summarization"
+    scores = score_files(args.pred, args.gold, task, src_file=args.src_file, nltk_data=args.nltk_data)
+    out = args.output_json or args.pred + ".scores.json"
+    atomic_write_json(scores, out)
+    print(json.dumps(scores, indent=2))
+    return scores
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,146 @@
+"""Decoding a JSON-lines file with a fine-tuned UniLM seq2seq model (what decode_seq2seq.py runs)."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from kdcore.cli import UserError
+from kdcore.modeling import atomic_write_json, load_model
+
+from .beam_search import CachedStepper, RecomputeStepper, SearchConfig, beam_search
+from .seq2seq_data import check_special_tokens, decode_sources, detokenize, pad_stack, read_jsonl, to_ids
+from .unilm import UniLMSeq2Seq
+
+logger = logging.getLogger("kd.decode")
+
+HEAD_KEY_MARKERS = ("cls.predictions.", "lm_head.")
+
+
+def check_has_lm_head(model_path: str, argname: str = "--model_path") -> None:
+    """A fine-tuned seq2seq checkpoint has masked-LM head weights; a bare encoder (or a folder without weights)
+    would decode garbage, so refuse it with a clear message."""
+    folder = model_path if os.path.isdir(model_path) else None
+    weights = os.path.join(folder, "model.safetensors") if folder else model_path
+    if folder and not any(os.path.isfile(os.path.join(folder, n)) for n in ("model.safetensors", "pytorch_model.bin")):
+        if not any(n.endswith(".index.json") for n in os.listdir(folder)):
+            raise UserError(f"{argname} {model_path}: folder has no model.safetensors or pytorch_model.bin")
+    if weights.endswith(".safetensors") and os.path.isfile(weights):
+        from safetensors import safe_open
+
+        with safe_open(weights, framework="pt") as f:
+            keys = list(f.keys())
+        if not any(any(m in k for m in HEAD_KEY_MARKERS) for k in keys):
+            raise UserError(f"{argname} {model_path}: the weights have no masked-LM head; "
+                            "is this a checkpoint written by run_seq2seq.py?")
+
+
+def load_seq2seq_model(model_path: str, tokenizer, config_path: str | None = None) -> UniLMSeq2Seq:
+    from transformers import AutoModelForMaskedLM
+
+    check_special_tokens(tokenizer)
+    check_has_lm_head(model_path)
+    mlm = load_model(model_path, AutoModelForMaskedLM, config_name=config_path, argname="--model_path")
+    if len(tokenizer) > mlm.config.vocab_size:
+        raise UserError(f"--tokenizer_name: {len(tokenizer)} tokens but the model embeds only {mlm.config.vocab_size}")
+    mlm.eval()
+    return UniLMSeq2Seq(mlm, tokenizer.pad_token_id, tokenizer.mask_token_id, 0.0)
+
+
+def forbid_ignore_ids(words: list[str] | None, tokenizer) -> tuple[int, ...]:
+    """Token ids of --forbid_ignore_word entries (each may hold several words joined by '|', as in s2s-ft;
+    bracketed names such as [x_sep] are upper-cased)."""
+    ids = []
+    for entry in words or []:
+        for w in entry.split("|"):
+            if not w:
+                continue
+            if w.startswith("[") and w.endswith("]"):
+                w = w.upper()
+            tid = tokenizer.convert_tokens_to_ids(w)
+            if tid is None or (tid == tokenizer.unk_token_id and w != tokenizer.unk_token):
+                raise UserError(f"--forbid_ignore_word {w!r} is not a token of the tokenizer")
+            ids.append(tid)
+    return tuple(sorted(set(ids)))
+
+
+@dataclass
+class DecodeStats:
+    examples: int
+    truncated_sources: int
+    generated_tokens: int
+    seconds: float
+
+
+def decode_examples(model: UniLMSeq2Seq, tokenizer, source_ids: list[list[int]], cfg: SearchConfig,
+                    max_source_tokens: int, batch_size: int, device, cached: bool = True,
+                    progress: bool = True):
+    """Decode every source; returns (token id lists, search results, stats), in input order."""
+    sources, cut = decode_sources(source_ids, tokenizer, max_source_tokens)
+    order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))  # similar lengths share a batch
+    results = [None] * len(sources)
+    stepper_cls = CachedStepper if cached else RecomputeStepper
+    stepper = stepper_cls(model)
+    t0 = time.perf_counter()
+    generated = 0
+    with tqdm(total=len(order), disable=not progress, desc="decode", dynamic_ncols=True) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = pad_stack([torch.tensor(sources[i]) for i in chunk], tokenizer.pad_token_id).to(device)
+            lengths = torch.tensor([len(sources[i]) for i in chunk], device=device)
+            for i, res in zip(chunk, beam_search(stepper, batch, lengths, cfg)):
+                results[i] = res
+                generated += len(res.tokens) + (1 if res.finished else 0)
+            bar.update(len(chunk))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    stats = DecodeStats(len(sources), cut, generated, time.perf_counter() - t0)
+    return results, stats
+
+
+def output_line(tokens: list[int], tokenizer) -> str:
+    """The prediction text: tokens up to the first [SEP]/pad, detokenised."""
+    stop = {tokenizer.sep_token_id, tokenizer.pad_token_id}
+    cut = []
+    for t in tokens:
+        if t in stop:
+            break
+        cut.append(t)
+    return detokenize(cut, tokenizer)
+
+
+def decode_file(model: UniLMSeq2Seq, tokenizer, input_file: str, output_file: str, cfg: SearchConfig,
+                max_seq_length: int, max_tgt_length: int, batch_size: int, device, subset: int = 0,
+                cached: bool = True) -> DecodeStats:
+    examples = read_jsonl(input_file, require_target=False, argname="--input_file")
+    if subset > 0:
+        examples = examples[:subset]
+    source_ids = to_ids([e["src"] for e in examples], tokenizer)
+    max_source_tokens = max_seq_length - 2 - max_tgt_length
+    results, stats = decode_examples(model, tokenizer, source_ids, cfg, max_source_tokens, batch_size, device, cached)
+    if stats.truncated_sources:
+        logger.warning("%d of %d sources were longer than --max_seq_length - 2 - --max_tgt_length = %d tokens and "
+                       "were truncated", stats.truncated_sources, stats.examples, max_source_tokens)
+    lines = [output_line(r.tokens, tokenizer) for r in results]
+    parent = os.path.dirname(os.path.abspath(output_file))
+    os.makedirs(parent, exist_ok=True)
+    tmp = output_file + f".tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+    os.replace(tmp, output_file)
+    if cfg.need_traces:
+        atomic_write_json({
+            "version": 1,
+            "num_samples": len(results),
+            "eos_id": cfg.eos_id,
+            "traces": [{"pred_ids": r.tokens, "score": r.score if math.isfinite(r.score) else None, "finished": r.finished, "steps": r.trace}
+                       for r in results],
+        }, output_file + ".trace.json")
+    return stats
+

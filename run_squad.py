@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Fine-tune / evaluate an extractive QA model on SQuAD 1.1, SQuAD 2.0 or MLQA (MiniLM README seed command).
+
+    python run_squad.py --model_type bert --output_dir OUT --data_dir ../shared/data/squad \
+      --model_name_or_path minilm-l12-h384-uncased.bin --tokenizer_name vocab.txt \
+      --config_name minilm-l12-h384-uncased-config.json --do_train --do_eval --do_lower_case \
+      --train_file train-v2.0.json --predict_file dev-v2.0.json --learning_rate 4e-5 --num_train_epochs 4 \
+      --max_seq_length 384 --doc_stride 128 --per_gpu_eval_batch_size=12 --per_gpu_train_batch_size=12 \
+      --save_steps 5000 --version_2_with_negative
+
+Writes OUT/predictions.json, nbest_predictions.json, null_odds.json (SQuAD 2.0) and eval_results.json.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from kdcore.cli import parse_args, run_main  # noqa: E402
+from kdcore.runtime import add_runtime_args  # noqa: E402
+from minilm.finetune import add_model_args, add_task_args  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser, model_type_default="bert")
+    g = parser.add_argument_group("data")
+    g.add_argument("--data_dir", default=None, help="Folder of --train_file / --predict_file (optional).")
+    g.add_argument("--train_file", default=None, help="SQuAD-format training JSON, e.g. train-v2.0.json.")
+    g.add_argument("--predict_file", default=None, help="SQuAD-format evaluation JSON, e.g. dev-v2.0.json.")
+    g.add_argument("--version_2_with_negative", action="store_true",
+                   help="SQuAD 2.0: questions may have no answer (null score, threshold search).")
+    g.add_argument("--mlqa_language", default=None,
+                   help="Evaluate MLQA with its answer normalisation for this answer language (en es de ar hi vi zh).")
+    g.add_argument("--max_seq_length", type=int, default=384)
+    g.add_argument("--doc_stride", type=int, default=128, help="Context tokens between window starts.")
+    g.add_argument("--max_query_length", type=int, default=64)
+    g.add_argument("--max_train_examples", type=int, default=None, help="Use only the first N training questions.")
+    g.add_argument("--max_eval_examples", type=int, default=None, help="Evaluate only the first N questions.")
+    g = add_task_args(parser)
+    g.add_argument("--n_best_size", type=int, default=20)
+    g.add_argument("--max_answer_length", type=int, default=30)
+    g.add_argument("--null_score_diff_threshold", type=float, default=0.0,
+                   help="SQuAD 2.0: answer '' when null score - best span score > this.")
+    add_runtime_args(parser, defaults={"learning_rate": 5e-5, "warmup_proportion": 0.0})
+    return parser
+
+
+def main(argv=None):
+    from minilm.squad import run
+
+    return run(parse_args(build_parser(), argv))
+
+
+if __name__ == "__main__":
+    run_main(main)
