@@ -1,6 +1,7 @@
 """Inference speed of the standard model shapes at sequence length 128, as a ratio to BERT-base.
 
-    python bench/bench_inference.py [--batch_size 8] [--repeat 5] [--out bench/results/inference.json]
+    python bench/bench_inference.py [--batch_size 8] [--repeat 5] [--models NAME ...]
+                                    [--out bench/results/inference.json]
 """
 import argparse
 import os
@@ -24,13 +25,16 @@ def main():
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--models", nargs="+", choices=list(SHAPES), default=list(SHAPES),
+                   help="shapes to time (the first is the base of the ratio; default: all)")
     p.add_argument("--out", default=os.path.join("bench", "results", "inference.json"))
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len), device=device)
     mask = torch.ones_like(ids)
     models = {}
-    for name, (layers, hidden, heads, inter) in SHAPES.items():
+    for name in args.models:
+        layers, hidden, heads, inter = SHAPES[name]
         config = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                             intermediate_size=inter)
         models[name] = BertModel(config).to(device).eval()
@@ -44,7 +48,7 @@ def main():
              "sentences_per_s": args.batch_size / seconds[n]} for n, m in models.items()]
     base = rows[0]["sentences_per_s"]
     for r in rows:
-        r["speedup_vs_bert_base"] = r["sentences_per_s"] / base
+        r["speedup_vs_bert_base"] = r["sentences_per_s"] / base  # (vs the first model when --models omits it)
     report(f"Inference at seq {args.seq_len}, batch {args.batch_size}", rows,
            ["model", "params_M", "sentences_per_s", "speedup_vs_bert_base"], args.out,
            {"machine": machine_info(device), "seq_len": args.seq_len, "batch_size": args.batch_size})

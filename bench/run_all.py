@@ -23,7 +23,8 @@ DATA_SCRIPTS = {"pregenerate", "augment"}  # benchmarks that read the real data 
 
 # name: (script, extra args per mode). Scripts with --quick/--full/--smoke presets get the mode flag itself.
 BENCHMARKS = {
-    "inference": ("bench_inference.py", {"smoke": ["--batch_size", "1", "--seq_len", "16", "--repeat", "1"],
+    "inference": ("bench_inference.py", {"smoke": ["--batch_size", "1", "--seq_len", "16", "--repeat", "1", "--models",
+                                                   "BERT-base 12x768", "TinyBERT 4x312"],
                                          "quick": [], "full": ["--repeat", "10"]}),
     "distill": ("bench_distill.py", "preset"),
     "pregenerate": ("bench_pregenerate.py", "preset"),
