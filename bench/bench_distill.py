@@ -7,11 +7,14 @@ teacher without gradients + student), backward, global-norm clipping (1.0), Adam
 (tinybert.intermediate.TinyBertIntermediateObjective: embeddings, every hidden state and attention score map).
 Random weights (speed does not depend on them), random token ids, no padding: tokens per step = batch x seq.
 
-The table sets the achieved model FLOP/s beside this machine's own dense matmul rate in the same precision,
-measured in the same interleaved rounds (bench.common.matmul_flops_per_s, 2048^3 products), as a percentage ("MFU").
+The table sets the achieved model FLOP/s beside this machine's own dense matmul rate in the same precision
+(bench.common.matmul_flops_per_s, 2048^3 products), measured right before each timed step, in interleaved rounds
+over the configs; pct_of_matmul ("MFU") is the median over rounds of (step FLOP/s) / (its paired matmul rate).
 Model FLOPs per step, with N = batch x seq tokens, T = seq, P = weights of the nn.Linear layers of the encoder
 layers that run (embeddings, LayerNorm, softmax, GELU, pooler, the loss terms' own small matmuls and the
-optimizer update are not counted; they are a few percent at most), h = hidden size, L = layers:
+optimizer update are not counted: a few percent of the FLOPs, though not of the time; MiniLMv2's relation
+softmaxes over B x 48 x T x T are memory-bound and take about a fifth of an fp32 step on a 2-core CPU),
+h = hidden size, L = layers:
 
     teacher forward          F_t = N * (2 * P_t + 4 * L_t * T * h_t)          (QK^T and AV: 2 * 2 * T * h per token)
     student fwd + bwd        F_s = 3 * N * (2 * P_s + 4 * L_s * T * h_s)       (backward = 2 x forward)
@@ -33,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    apply_preset, bench_parser, machine_info, matmul_flops_per_s, report, timed_round_robin)
+    apply_preset, bench_parser, machine_info, matmul_flops_per_s, median, report, timed)
 
 from kdcore.modeling import encoder_layers  # noqa: E402
 from kdcore.runtime import build_optimizer, set_seed  # noqa: E402
@@ -135,31 +138,32 @@ def main(argv=None):
     tokens = args.batch_size * args.seq_len
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
 
-    fns, info = {}, {}
+    steps = {}
     for method in args.methods:
         objective = build_objective(method, teacher, sizes, args.seq_len).to(device).train()
         flops = step_flops(objective, method, tokens, args.seq_len)
         for prec in args.precisions:
             step, last = make_step(objective, batch, dtypes[prec], device)
-            fns[(method, prec)] = step
-            info[(method, prec)] = (flops, last)
-    # The matmul yardstick runs inside the same interleaved rounds, so machine load hits it like the steps.
-    matmul = {prec: [] for prec in args.precisions}
-    for prec in args.precisions:
-        dtype = dtypes[prec] or torch.float32
-        fns[("matmul", prec)] = lambda prec=prec, dtype=dtype: matmul[prec].append(
-            matmul_flops_per_s(device, dtype, n=args.matmul_n, repeat=3))
-    seconds = timed_round_robin(fns, repeat=args.repeat, warmup=args.warmup)
-    rate = {prec: sorted(v[args.warmup:])[len(v[args.warmup:]) // 2] for prec, v in matmul.items()}  # timed rounds
+            steps[method, prec] = (step, flops, last)
+    # Interleaved rounds (a, b, c, a, b, c, ...), and every step is paired with a yardstick matmul measured just
+    # before it: a busy moment of a shared machine then hits a step and its yardstick alike.
+    rounds = {key: [] for key in steps}
+    for r in range(args.warmup + args.repeat):
+        for (method, prec), (step, _, _) in steps.items():
+            rate = matmul_flops_per_s(device, dtypes[prec] or torch.float32, n=args.matmul_n, repeat=3)
+            seconds = timed(step, repeat=1, warmup=0)
+            if r >= args.warmup:
+                rounds[method, prec].append({"step_s": seconds, "matmul_GFLOP_s": rate / 1e9})
 
     rows = []
-    for (method, prec), (flops, last) in info.items():
-        s = seconds[(method, prec)]
-        achieved = flops / s
+    for (method, prec), (_, flops, last) in steps.items():
+        rs = rounds[method, prec]
+        s = median([x["step_s"] for x in rs])
         rows.append({"method": method, "precision": prec, "step_s": s, "tokens_per_s": tokens / s,
-                     "model_GFLOP_per_step": flops / 1e9, "achieved_GFLOP_s": achieved / 1e9,
-                     "matmul_GFLOP_s": rate[prec] / 1e9, "pct_of_matmul": 100 * achieved / rate[prec],
-                     "loss": last["loss"]})
+                     "model_GFLOP_per_step": flops / 1e9, "achieved_GFLOP_s": flops / s / 1e9,
+                     "matmul_GFLOP_s": median([x["matmul_GFLOP_s"] for x in rs]),
+                     "pct_of_matmul": median([100 * flops / x["step_s"] / 1e9 / x["matmul_GFLOP_s"] for x in rs]),
+                     "loss": last["loss"], "rounds": rs})
     t, s = sizes["teacher"], sizes["student"]
     report(f"General distillation step, teacher {t[0]}x{t[1]} -> student {s[0]}x{s[1]}, batch {args.batch_size} x "
            f"{args.seq_len} ({device.type}, {torch.get_num_threads()} threads)", rows,
@@ -169,7 +173,6 @@ def main(argv=None):
                ["layers", "hidden", "heads", "intermediate", "vocab"], t)), "student": dict(zip(
                ["layers", "hidden", "heads", "intermediate", "vocab"], s)), "batch_size": args.batch_size,
             "seq_len": args.seq_len, "repeat": args.repeat, "warmup": args.warmup, "matmul_n": args.matmul_n,
-            "matmul_GFLOP_s": {k: v / 1e9 for k, v in rate.items()},
             "flops_formula": "teacher fwd N*(2*P_t + 4*L_t*T*h_t) + student fwd+bwd 3*N*(2*P_s + 4*L_s*T*h_s) "
                              "[+ tinybert fit_dense 3*N*2*P_w*(L_s+1)]; P = encoder nn.Linear weights"})
 

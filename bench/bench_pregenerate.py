@@ -22,7 +22,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, apply_preset, bench_parser, machine_info, report  # noqa: E402
+from common import REPO, apply_preset, bench_parser, machine_info, median, report  # noqa: E402
 
 WRAPPER = os.path.join(REPO, "bench", "run_with_rusage.py")
 SCRIPT = os.path.join(REPO, "pregenerate_training_data.py")
@@ -54,11 +54,6 @@ def run_script(args_list: list[str], workdir: str) -> dict:
         sys.exit(f"bench_pregenerate.py: error: pregeneration failed ({' '.join(args_list)}):\n{proc.stderr[-2000:]}")
     with open(result) as f:
         return json.load(f)
-
-
-def median(values):
-    values = sorted(values)
-    return values[len(values) // 2]
 
 
 def main(argv=None):

@@ -41,6 +41,12 @@ def apply_preset(args, presets: dict) -> str:
     return args.preset
 
 
+def median(values):
+    """The median (upper middle for an even count) of a list of numbers."""
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
 def timed(fn, repeat: int, warmup: int = 1) -> float:
     """Median wall time of `fn()` over `repeat` runs after `warmup` runs (seconds)."""
     for _ in range(warmup):
@@ -68,7 +74,7 @@ def timed_round_robin(fns: dict, repeat: int, warmup: int = 1) -> dict:
     for _ in range(repeat):
         for k, fn in fns.items():
             times[k].append(timed(fn, repeat=1, warmup=0))
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {k: median(v) for k, v in times.items()}
 
 
 def matmul_flops_per_s(device: torch.device, dtype=torch.float32, n: int = 1024, repeat: int = 5) -> float:
