@@ -224,8 +224,12 @@ class DiskDocumentStore(DocumentStore):
 
 
 def tokenize_corpus(path: str, tokenizer, store: DocumentStore, corpus_format: str, batch_docs: int = 256,
-                    max_documents: int | None = None) -> DocumentStore:
-    """Tokenize documents in batches with the fast tokenizer and add them to `store` (streamed)."""
+                    max_documents: int | None = None, batch_chars: int = 1 << 20) -> DocumentStore:
+    """Tokenize documents in batches with the fast tokenizer and add them to `store` (streamed).
+
+    A batch is flushed at `batch_docs` documents or `batch_chars` characters, whichever comes first: the
+    tokenizer's Python output for a batch is the peak of memory, so it is bounded by text size, not doc count.
+    """
 
     def flush(docs: list[list[str]]):
         flat = [s for d in docs for s in d]
@@ -240,15 +244,17 @@ def tokenize_corpus(path: str, tokenizer, store: DocumentStore, corpus_format: s
                 store.add(sents)
 
     pending: list[list[str]] = []
+    pending_chars = 0
     bar = tqdm(desc="Tokenizing documents", unit=" docs")
     for n, doc in enumerate(iter_documents(path, corpus_format)):
         if max_documents is not None and n >= max_documents:
             break
         pending.append(doc)
-        if len(pending) >= batch_docs:
+        pending_chars += sum(len(sent) for sent in doc)
+        if len(pending) >= batch_docs or pending_chars >= batch_chars:
             flush(pending)
             bar.update(len(pending))
-            pending = []
+            pending, pending_chars = [], 0
     if pending:
         flush(pending)
         bar.update(len(pending))
