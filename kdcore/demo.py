@@ -51,7 +51,7 @@ SCALES = {
     # CI: a couple of minutes, numbers meaningless, every stage exercised.
     "smoke": DemoScale(40, 64, 6, 8, 64, 64, 1, 1, 32, 1),
     # default: about 30 minutes on a 2-core CPU (distillation at sequence length 64 to fit that budget).
-    "default": DemoScale(None, 64, 400, 32, None, None, 1, 3, 64, 3),
+    "default": DemoScale(None, 64, 400, 32, None, None, 1, 2, 64, 3),
     # longer: a better student, for a GPU or a patient CPU.
     "long": DemoScale(None, 128, 4000, 64, None, None, 2, 4, 64, 5),
 }
