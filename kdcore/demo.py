@@ -80,23 +80,33 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def inference_speed(model_dir: str, seq_len: int, batch_size: int, batches: int, device: torch.device) -> float:
-    """Sentences per second of the encoder in `model_dir` on full-length (`seq_len`) inputs."""
+def inference_speeds(model_dirs: dict[str, str], seq_len: int, batch_size: int, rounds: int,
+                     device: torch.device) -> dict[str, float]:
+    """Sentences per second of each encoder on full-length (`seq_len`) inputs.
+
+    The models are timed in interleaved rounds (a, b, c, a, b, c, ...) and each takes its median round, so a slow
+    moment of a shared machine hits all of them alike and the speed-ups stay fair.
+    """
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(model_dir).to(device).eval()
-    ids = torch.randint(1000, model.config.vocab_size, (batch_size, seq_len), device=device)
+    models = {name: AutoModel.from_pretrained(path).to(device).eval() for name, path in model_dirs.items()}
+    vocab = min(m.config.vocab_size for m in models.values())
+    ids = torch.randint(1000, vocab, (batch_size, seq_len), device=device)
     mask = torch.ones_like(ids)
+    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        model(input_ids=ids, attention_mask=mask)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(batches):
-            model(input_ids=ids, attention_mask=mask)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return batches * batch_size / (time.perf_counter() - t)
+        for model in models.values():
+            model(input_ids=ids, attention_mask=mask)  # warm-up
+        for _ in range(rounds):
+            for name, model in models.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                model(input_ids=ids, attention_mask=mask)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - t)
+    return {name: batch_size / sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def count_parameters(model_dir: str) -> int:
@@ -220,12 +230,13 @@ def run_demo(args) -> dict:
                   "--learning_rate", lr, *glue_common], logs)
 
     # 6. the table
+    speeds = inference_speeds({name: init for name, (init, _, _, _) in runs.items()}, 128, 16,
+                              scale.speed_batches, device)
     rows = []
     for name, (init, folder, _, _) in runs.items():
         acc = _read_json(os.path.join(folder, "eval_results.json"))
         acc = acc.get("acc", acc.get("accuracy"))
-        rows.append({"model": name, "parameters": count_parameters(init),
-                     "sentences_per_s": inference_speed(init, 128, 16, scale.speed_batches, device),
+        rows.append({"model": name, "parameters": count_parameters(init), "sentences_per_s": speeds[name],
                      "sst2_dev_accuracy": acc})
     for r in rows:
         r["speedup"] = r["sentences_per_s"] / rows[0]["sentences_per_s"]
