@@ -23,6 +23,7 @@ import re
 import torch
 from torch import nn
 
+from kdcore.batching import pad_batch
 from kdcore.cli import UserError
 from kdcore.modeling import check_vocab, load_model, load_tokenizer, save_model
 
@@ -128,21 +129,9 @@ class TaskObjective(nn.Module):
 
 def pad_collate(items: list[dict], pad_token_id: int) -> dict:
     """Pad `input_ids` (and `token_type_ids`) to the longest item; other keys are stacked scalars."""
-    longest = max(len(it["input_ids"]) for it in items)
-    n = len(items)
-    ids = torch.full((n, longest), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((n, longest), dtype=torch.long)
     has_types = "token_type_ids" in items[0]
-    types = torch.zeros((n, longest), dtype=torch.long) if has_types else None
-    for i, it in enumerate(items):
-        k = len(it["input_ids"])
-        ids[i, :k] = torch.as_tensor(it["input_ids"])
-        mask[i, :k] = 1
-        if has_types:
-            types[i, :k] = torch.as_tensor(it["token_type_ids"])
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if has_types:
-        batch["token_type_ids"] = types
+    batch = pad_batch([it["input_ids"] for it in items],
+                      [it["token_type_ids"] for it in items] if has_types else None, pad_token_id)
     for key in items[0]:
         if key not in ("input_ids", "token_type_ids"):
             batch[key] = torch.as_tensor([it[key] for it in items])

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from kdcore.cli import UserError
-from tinybert.classification import pad_batch
+from kdcore.batching import pad_batch
 from tinybert.glue import GlueTask, read_tsv
 
 logger = logging.getLogger("kd.augmentation")

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from kdcore.batching import pad_batch
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.modeling import atomic_write_json, check_vocab, load_model, save_model
 from tinybert.glue import GlueTask, InputExample, compute_metrics, label_order, load_split
@@ -24,19 +25,6 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "sent
 # --------------------------------------------------------------------------------------------------------------
 # Features
 # --------------------------------------------------------------------------------------------------------------
-def pad_batch(input_ids: list[list[int]], token_type_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad id lists to the longest one: input_ids, attention_mask (1 = real token), token_type_ids."""
-    length = max(len(i) for i in input_ids)
-    ids = torch.full((len(input_ids), length), pad_id, dtype=torch.long)
-    types = torch.zeros((len(input_ids), length), dtype=torch.long)
-    mask = torch.zeros((len(input_ids), length), dtype=torch.long)
-    for row, (i, t) in enumerate(zip(input_ids, token_type_ids)):
-        ids[row, : len(i)] = torch.tensor(i)
-        types[row, : len(t)] = torch.tensor(t)
-        mask[row, : len(i)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
 class GlueDataset(torch.utils.data.Dataset):
     """Tokenized examples (fast tokenizer, pairs truncated longest-first to `max_seq_length`)."""
 
