@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from typing import Callable, Sequence
@@ -70,24 +71,178 @@ def load_config_file(path: str) -> dict:
     return values
 
 
+def _raise_user_error(message: str):
+    """Replaces `ArgumentParser.error`: argparse would print its usage block; the toolkit reports one line."""
+    raise UserError(message)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numeric ranges: one rule per argument name, shared by every script (a batch size means the same everywhere).
+# A rule is (low, low_inclusive, high, high_inclusive, extra allowed values). Every float argument must also be
+# finite (no nan/inf). Checked while parsing, so before anything is loaded, for the command line and --config alike.
+# ---------------------------------------------------------------------------------------------------------------
+_INF = math.inf
+AT_LEAST_1 = (1, True, _INF, True, ())
+AT_LEAST_0 = (0, True, _INF, True, ())
+POSITIVE = (0, False, _INF, True, ())
+PROBABILITY = (0, True, 1, True, ())
+UNIT_INTERVAL_OPEN_TOP = (0, True, 1, False, ())
+RANGE_RULES: dict[str, tuple] = {
+    # sizes and counts
+    **{name: AT_LEAST_1 for name in (
+        "train_batch_size", "eval_batch_size", "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "batch_size",
+        "gradient_accumulation_steps", "beam_size", "max_seq_length", "max_seq_len", "max_tgt_length",
+        "max_query_length", "doc_stride", "max_answer_length", "n_best_size", "ngram_size", "num_relation_heads",
+        "epochs_to_generate", "num_workers", "max_predictions_per_seq", "max_documents", "max_train_examples",
+        "max_eval_examples", "glove_vocab_size", "M", "N", "eval_step", "logging_steps", "save_total_limit",
+        "distill_steps")},
+    "max_source_seq_length": (3, True, _INF, True, ()),  # [CLS] token [SEP]
+    "max_target_seq_length": (2, True, _INF, True, ()),  # token [SEP]
+    **{name: AT_LEAST_0 for name in (
+        "save_steps", "num_warmup_steps", "dataloader_num_workers", "subset", "min_len", "num_max_mask_token")},
+    "seed": (0, True, 2**32 - 1, True, ()),  # numpy's seed range
+    "max_steps": (1, True, _INF, True, (-1, 0)),  # -1 / 0: train for --num_train_epochs
+    "local_rank": (-1, True, _INF, True, ()),
+    "teacher_layer": (-_INF, True, _INF, True, ()),  # nonzero; checked against the teacher's depth later
+    # optimisation
+    **{name: POSITIVE for name in (
+        "learning_rate", "adam_epsilon", "num_train_epochs", "temperature", "distill_lr", "teacher_lr", "student_lr")},
+    "adam_beta1": UNIT_INTERVAL_OPEN_TOP,
+    "adam_beta2": UNIT_INTERVAL_OPEN_TOP,
+    "weight_decay": AT_LEAST_0,
+    "warmup_proportion": PROBABILITY,
+    "label_smoothing": UNIT_INTERVAL_OPEN_TOP,
+    # probabilities
+    **{name: PROBABILITY for name in ("keep_prob", "random_prob", "target_mask_prob", "short_seq_prob", "p")},
+    "masked_lm_prob": UNIT_INTERVAL_OPEN_TOP,
+    "source_mask_prob": (-_INF, True, 1, True, ()),  # <= 0: off
+    # loss weights
+    **{name: AT_LEAST_0 for name in (
+        "qq_weight", "kk_weight", "vv_weight", "attention_weight", "value_relation_weight")},
+}
+
+
+def _describe(rule) -> str:
+    low, low_in, high, high_in, extra = rule
+    if high == _INF and low != -_INF:
+        text = f"{'at least' if low_in else 'greater than'} {low:g}"
+    elif low == -_INF and high != _INF:
+        text = f"{'at most' if high_in else 'below'} {high:g}"
+    elif low == -_INF and high == _INF:
+        text = "a finite number"
+    else:
+        text = f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    if extra:
+        text += " (or " + " / ".join(str(e) for e in extra) + ")"
+    return text
+
+
+def _in_range(value, rule) -> bool:
+    low, low_in, high, high_in, extra = rule
+    if value in extra:
+        return True
+    return (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+
+
+def _ranged(convert, dest: str, rule):
+    """Wrap an argparse `type` so that the converted value must also satisfy `rule` (and be finite)."""
+
+    def checked(text):
+        value = convert(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if dest == "teacher_layer" and value == 0:
+            raise argparse.ArgumentTypeError("layers count from 1 (or -1 for the last), got 0")
+        if rule is not None and not _in_range(value, rule):
+            raise argparse.ArgumentTypeError(f"must be {_describe(rule)}, got {text}")
+        return value
+
+    checked.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid int value"
+    checked._kd_ranged = True
+    return checked
+
+
+def _install_range_rules(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if action.type in (int, float) and not getattr(action.type, "_kd_ranged", False):
+            action.type = _ranged(action.type, action.dest, RANGE_RULES.get(action.dest))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --config: values go through the same conversion (type, range, choices) as the command line
+# ---------------------------------------------------------------------------------------------------------------
+def _config_value(action: argparse.Action, key: str, value, where: str):
+    """Convert one config value exactly as argparse converts the command line; UserError naming file and key."""
+    option = action.option_strings[0] if action.option_strings else key
+    if action.nargs == 0:  # a flag: store_true / store_false / store_const
+        if isinstance(value, str):
+            try:
+                value = str2bool(value)
+            except argparse.ArgumentTypeError:
+                raise UserError(f"{where}: {key} ({option}) is a flag: expected true or false, got {value!r}")
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: {key} ({option}) is a flag: expected true or false, got {value!r}")
+        if isinstance(action.const, bool):
+            return action.const if value else (not action.const)
+        if value:
+            return action.const
+        return action.default
+    if value is None:
+        return None
+    many = action.nargs in ("*", "+") or isinstance(action.nargs, int)
+    if isinstance(value, (list, tuple)) and not many:
+        raise UserError(f"{where}: {key} ({option}) takes one value, got a list {value!r}")
+    if isinstance(value, dict):
+        raise UserError(f"{where}: {key} ({option}) takes {'values' if many else 'a value'}, got a mapping")
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, (list, dict)):
+            raise UserError(f"{where}: {key} ({option}): nested value {item!r}")
+        if isinstance(item, bool) and action.type not in (None, str, str2bool):
+            raise UserError(f"{where}: {key} ({option}): expected a number, got {str(item).lower()}")
+        text = item if isinstance(item, str) else (str(item).lower() if isinstance(item, bool) else repr(item) if isinstance(item, float) else str(item))
+        converted = text
+        if action.type is not None:
+            try:
+                converted = action.type(text)
+            except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
+                name = getattr(action.type, "__name__", "value")
+                reason = str(err) if isinstance(err, argparse.ArgumentTypeError) else f"invalid {name} value {text!r}"
+                raise UserError(f"{where}: {key} ({option}): {reason}")
+        if action.choices is not None and converted not in action.choices:
+            raise UserError(f"{where}: {key} ({option}): invalid choice {converted!r} "
+                            f"(choose from {', '.join(map(str, action.choices))})")
+        out.append(converted)
+    return out if many else out[0]
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse `argv`, first applying the defaults found in `--config FILE` (if given).
 
     Keys of the config file are argument destinations (`learning_rate`, not `--learning-rate`). An unknown key
-    is an error, so that a typo in a recipe never silently falls back to a default.
+    is an error, so that a typo in a recipe never silently falls back to a default. Config values are converted
+    and checked (type, numeric range, choices) exactly like command-line values. Every problem, from argparse
+    or from the config file, is a `UserError`: one line, exit code 2.
     """
     if not any(a.dest == "config" for a in parser._actions):
         add_config_arg(parser)
+    _install_range_rules(parser)
+    for p in [parser] + [a for act in parser._actions if isinstance(act, argparse._SubParsersAction)
+                         for a in act.choices.values()]:
+        p.error = _raise_user_error  # one line instead of the usage block
     pre = argparse.ArgumentParser(add_help=False)
+    pre.error = _raise_user_error
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config:
         values = load_config_file(known.config)
+        where = f"--config {known.config}"
         dests = {a.dest: a for a in parser._actions}
-        unknown = sorted(k for k in values if k not in dests)
+        unknown = sorted(str(k) for k in values if k not in dests or k in ("help", "config"))
         if unknown:
-            raise UserError(f"--config {known.config}: unknown argument name(s): {', '.join(unknown)}")
-        parser.set_defaults(**values)
+            raise UserError(f"{where}: unknown argument name(s): {', '.join(unknown)}")
+        parser.set_defaults(**{k: _config_value(dests[k], k, v, where) for k, v in values.items()})
         # A required option given by the config file is no longer required on the command line.
         for key in values:
             dests[key].required = False

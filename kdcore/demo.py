@@ -89,7 +89,7 @@ def inference_speeds(model_dirs: dict[str, str], seq_len: int, batch_size: int, 
     """
     from transformers import AutoModel
 
-    models = {name: AutoModel.from_pretrained(path).to(device).eval() for name, path in model_dirs.items()}
+    models = {name: AutoModel.from_pretrained(path, trust_remote_code=False).to(device).eval() for name, path in model_dirs.items()}
     vocab = min(m.config.vocab_size for m in models.values())
     ids = torch.randint(1000, vocab, (batch_size, seq_len), device=device)
     mask = torch.ones_like(ids)
@@ -112,7 +112,7 @@ def inference_speeds(model_dirs: dict[str, str], seq_len: int, batch_size: int, 
 def count_parameters(model_dir: str) -> int:
     from transformers import AutoModel
 
-    return sum(p.numel() for p in AutoModel.from_pretrained(model_dir).parameters())
+    return sum(p.numel() for p in AutoModel.from_pretrained(model_dir, trust_remote_code=False).parameters())
 
 
 def plot_loss_curves(logs: dict[str, str], out_png: str) -> None:
@@ -214,8 +214,9 @@ def run_demo(args) -> dict:
         from .modeling import save_model
 
         torch.manual_seed(args.seed)
-        config = AutoConfig.from_pretrained(student)
-        save_model(AutoModel.from_config(config), random_init, AutoTokenizer.from_pretrained(student))
+        config = AutoConfig.from_pretrained(student, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=False)
+        save_model(AutoModel.from_config(config), random_init, tokenizer)
     runs = {
         "teacher": (teacher, os.path.join(out, "sst2_teacher"), scale.teacher_epochs, args.teacher_lr),
         "student (MiniLMv2-distilled)": (student, os.path.join(out, "sst2_student_distilled"), scale.student_epochs,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .cli import UserError, read_json_file
+from .files import atomic_open
 
 # Fields of a student config that describe its size; everything else (vocabulary, positions, token types,
 # special ids, model type) follows the teacher so that the student reads the teacher's tokenizer.
@@ -48,10 +49,12 @@ def _read_config(path: str, argname: str):
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise UserError(f"{argname} {path}: folder has no config.json")
-        return AutoConfig.from_pretrained(path)
+        return hf_from_pretrained(AutoConfig, path, argname)
     if not os.path.isfile(path):
         raise UserError(f"{argname}: no such file or folder: {path}")
     raw = read_json_file(path, argname, "JSON config")
+    if not isinstance(raw, dict):
+        raise UserError(f"{argname} {path}: a config must be a JSON object, got a {type(raw).__name__}")
     model_type = raw.pop("model_type", "bert")
     if model_type == "minilm":  # the MiniLM release calls its BERT-architecture models "minilm"
         model_type = "bert"
@@ -59,12 +62,45 @@ def _read_config(path: str, argname: str):
 
     if model_type not in CONFIG_MAPPING:
         raise UserError(f"{argname} {path}: unknown model_type {model_type!r}")
-    config = CONFIG_MAPPING[model_type](**raw) if model_type != "bert" else BertConfig(**raw)
+    try:
+        config = CONFIG_MAPPING[model_type](**raw) if model_type != "bert" else BertConfig(**raw)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{argname} {path}: not a valid {model_type} config ({err})")
     return config
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+def hf_from_pretrained(loader, path: str, argname: str, **kwargs):
+    """`loader.from_pretrained(path, trust_remote_code=False, ...)`: the one way this toolkit reads HF folders.
+
+    A folder whose config points at its own Python code (`auto_map`) is refused in one line: code shipped inside
+    a model folder is never run. Damaged files (a truncated `model.safetensors`, a config that is not JSON) are a
+    `UserError` naming the folder, not a traceback.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        return loader.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        if "trust_remote_code" in str(err) or "custom code" in str(err):
+            raise UserError(f"{argname} {path}: the folder needs its own Python code (auto_map); this toolkit never "
+                            "runs code from a model folder") from None
+        raise UserError(f"{argname} {path}: cannot load ({type(err).__name__}: {_one_line(err)})") from None
 
 
 def check_config(config, argname: str) -> None:
     """Reject configs HF would crash on later with a less helpful message."""
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        value = getattr(config, key, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{argname}: {key} must be a positive integer, got {value!r}")
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        value = getattr(config, key, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+            raise UserError(f"{argname}: {key} must be a number in [0, 1), got {value!r}")
     hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
     if hidden is not None and heads is not None and (heads <= 0 or hidden % heads != 0):
         raise UserError(
@@ -80,10 +116,7 @@ def load_tokenizer(path: str, argname: str = "--tokenizer_name", do_lower_case: 
         raise UserError(f"{argname} is required")
     kwargs = {} if do_lower_case is None else {"do_lower_case": do_lower_case}
     if os.path.isdir(path):
-        try:
-            return AutoTokenizer.from_pretrained(path, **kwargs)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{argname} {path}: cannot load a tokenizer from this folder ({err})")
+        return hf_from_pretrained(AutoTokenizer, path, argname, **kwargs)
     if not os.path.isfile(path):
         raise UserError(f"{argname}: no such file or folder: {path}")
     if path.endswith(".model"):
@@ -104,16 +137,20 @@ def _xlmr_tokenizer_from_sentencepiece(path: str, argname: str):
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(path, os.path.join(tmp, "sentencepiece.bpe.model"))
         try:
-            return XLMRobertaTokenizer.from_pretrained(tmp)
+            return XLMRobertaTokenizer.from_pretrained(tmp, trust_remote_code=False)
         except Exception as err:  # sentencepiece's own errors on a file that is not a model
             raise UserError(f"{argname} {path}: not a SentencePiece model ({err})")
 
 
 def _load_state_dict(path: str, argname: str) -> dict:
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (OSError, SafetensorError) as err:
+            raise UserError(f"{argname} {path}: cannot read weights ({_one_line(err)})")
     try:
         # Never unpickle a user's file: weights_only refuses anything but tensors and plain containers.
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -154,7 +191,7 @@ def load_model(
         for key, value in config_overrides.items():
             setattr(config, key, value)
         check_config(config, argname)
-        model, info = model_class.from_pretrained(model_path, config=config, output_loading_info=True)
+        model, info = hf_from_pretrained(model_class, model_path, argname, config=config, output_loading_info=True)
         _check_loading_info(info, model, argname, model_path)
         return model
     # A bare weights file (or a folder whose config is given separately).
@@ -237,6 +274,11 @@ def build_student(student_model: str, teacher_config=None, tokenizer=None, model
     if not os.path.isfile(config_path):
         raise UserError(f"{argname}: no such config file or model folder: {student_model}")
     raw = read_json_file(config_path, argname, "JSON config")
+    if not isinstance(raw, dict):
+        raise UserError(f"{argname} {config_path}: a config must be a JSON object, got a {type(raw).__name__}")
+    if teacher_config is not None and not any(k in raw for k in STUDENT_SIZE_FIELDS):
+        raise UserError(f"{argname} {config_path}: no size field ({', '.join(STUDENT_SIZE_FIELDS[:4])}, ...); "
+                        "the student would silently be as large as the teacher")
     if teacher_config is None:
         config = _read_config(config_path, argname)
     else:
@@ -397,21 +439,9 @@ def atomic_dir(path: str):
 
 def atomic_write_json(obj, path: str) -> None:
     """Write JSON to `path` through a temporary file and a rename."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should read like any other file
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
 
 
 def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules: dict[str, nn.Module] | None = None) -> None:

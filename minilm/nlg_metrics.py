@@ -23,6 +23,7 @@ import string
 from collections import Counter, OrderedDict
 
 from kdcore.cli import UserError
+from kdcore.files import read_text_lines
 
 logger = logging.getLogger("kd.nlg_metrics")
 
@@ -228,18 +229,11 @@ def score_question_generation(predictions: list[str], references: list[str], sou
 # --------------------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------------------
-def read_lines(path: str, argname: str) -> list[str]:
-    if not path or not os.path.isfile(path):
-        raise UserError(f"{argname}: no such file: {path}")
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
-
-
 def read_references(path: str, argname: str = "--gold") -> tuple[list[str], list[str] | None]:
     """References (and sources, if present) from JSON lines with "tgt" (and "src"), or plain text lines."""
     from .seq2seq_data import iter_json_lines
 
-    lines = read_lines(path, argname)
+    lines = read_text_lines(path, argname)
     if lines and lines[0].lstrip().startswith("{"):
         refs, srcs = [], []
         for lineno, obj in iter_json_lines(path, argname):
@@ -255,10 +249,10 @@ def read_references(path: str, argname: str = "--gold") -> tuple[list[str], list
 def score_files(pred_file: str, gold_file: str, task: str, src_file: str | None = None,
                 nltk_data: str | None = None) -> dict:
     """Score a prediction file (one line per example) against references; see `read_references`."""
-    preds = read_lines(pred_file, "--pred")
+    preds = read_text_lines(pred_file, "--pred")
     refs, srcs = read_references(gold_file)
     if src_file:
-        srcs = read_lines(src_file, "--src_file")
+        srcs = read_text_lines(src_file, "--src_file")
     if not refs:
         raise UserError(f"--gold {gold_file}: no references")
     if len(preds) != len(refs):

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kdcore.cli import UserError
+from kdcore.files import file_fingerprint, iter_text_lines
 
 logger = logging.getLogger("kd.seq2seq")
 
@@ -30,16 +31,13 @@ CACHE_FORMAT = "kd-seq2seq-features-v1"
 # --------------------------------------------------------------------------------------------------------------
 def iter_json_lines(path: str, argname: str):
     """(line number, object) for every non-blank line of a JSON-lines file; UserError naming file:line."""
-    if not path or not os.path.isfile(path):
-        raise UserError(f"{argname}: no such file: {path}")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})")
+    for lineno, line in iter_text_lines(path, argname):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})")
 
 
 def read_jsonl(path: str, require_target: bool, argname: str = "--train_file") -> list[dict]:

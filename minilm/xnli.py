@@ -9,8 +9,8 @@ the per-language accuracies (the number the MiniLM / XLM-R tables report), `join
 all languages together (the joint dev set on which the best checkpoint is selected, following Conneau et al.
 2019; the original MiniLM script selected on test).
 
-Bad rows: a row with the wrong number of fields is counted and skipped with a warning; a header without the
-expected columns, an unknown label, or a file with no usable row is a UserError naming file and line.
+Bad rows: a row with the wrong number of fields, a header without the expected columns, an unknown label, or a
+file with no row is a UserError naming file and line (a damaged file is never silently trained on in part).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdcore.cli import UserError
+from kdcore.files import iter_text_lines
 
 logger = logging.getLogger("kd")
 
@@ -58,16 +59,9 @@ def _label_id(raw: str, path: str, line_no: int) -> int:
 
 
 def _lines(path: str, argname: str):
-    if not os.path.isfile(path):
-        raise UserError(f"{argname}: no such file: {path}")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for line_no, line in enumerate(f, start=1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield line_no, line.split("\t")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{argname} {path}: not UTF-8 text ({err})")
+    for line_no, line in iter_text_lines(path, argname):
+        if line.strip():
+            yield line_no, line.split("\t")
 
 
 def _header(rows, path: str, argname: str) -> tuple[int, list[str]]:
@@ -79,13 +73,12 @@ def _header(rows, path: str, argname: str) -> tuple[int, list[str]]:
 
 
 def _finish(examples: NliExamples, bad_lines: list, path: str, argname: str, width: int) -> NliExamples:
-    examples.skipped = len(bad_lines)
     if bad_lines:
-        logger.warning("%s: skipped %d rows without %d tab-separated fields (lines %s%s)", path, len(bad_lines),
-                       width, ", ".join(map(str, bad_lines[:5])), " ..." if len(bad_lines) > 5 else "")
+        line_no, found = bad_lines[0]
+        more = f" (and {len(bad_lines) - 1} more rows)" if len(bad_lines) > 1 else ""
+        raise UserError(f"{path}:{line_no}: expected {width} tab-separated fields, found {found}{more}")
     if not len(examples):
-        raise UserError(f"{argname} {path}: no usable rows"
-                        + (f" ({len(bad_lines)} rows had the wrong number of columns)" if bad_lines else ""))
+        raise UserError(f"{argname} {path}: no usable rows")
     return examples
 
 
@@ -101,7 +94,7 @@ def read_train_file(path: str, language: str, max_examples: int | None = None) -
         if max_examples is not None and len(examples) >= max_examples:
             break
         if len(fields) != 3:
-            bad.append(line_no)
+            bad.append((line_no, len(fields)))
             continue
         examples.add(fields[0], fields[1], _label_id(fields[2], path, line_no), language)
     return _finish(examples, bad, path, "--language/--train_language", 3)
@@ -121,7 +114,7 @@ def read_eval_file(path: str, max_examples_per_language: int | None = None) -> N
     per_language: dict[str, int] = {}
     for line_no, fields in rows:
         if len(fields) < width:
-            bad.append(line_no)
+            bad.append((line_no, len(fields)))
             continue
         lang = fields[col["language"]].strip()
         if max_examples_per_language is not None and per_language.get(lang, 0) >= max_examples_per_language:

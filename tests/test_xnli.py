@@ -71,12 +71,12 @@ def test_bad_xnli_files(tmp_path):
         read_train_file(str(bad_label), "de")
     short_rows = tmp_path / "c.tsv"
     short_rows.write_text("premise\thypo\tlabel\nx\ty\tcontradictory\nonly one field\nx\ty\tneutral\textra\n")
-    ex = read_train_file(str(short_rows), "de")
-    assert len(ex) == 1 and ex.skipped == 2 and ex.labels == [LABELS.index("contradiction")]
-    all_bad = tmp_path / "d.tsv"
-    all_bad.write_text("premise\thypo\tlabel\nno tabs here\n")
+    with pytest.raises(UserError, match=r"c.tsv:3: expected 3 tab-separated fields, found 1 \(and 1 more rows\)"):
+        read_train_file(str(short_rows), "de")
+    header_only = tmp_path / "d.tsv"
+    header_only.write_text("premise\thypo\tlabel\n")
     with pytest.raises(UserError, match="no usable rows"):
-        read_train_file(str(all_bad), "de")
+        read_train_file(str(header_only), "de")
     no_columns = tmp_path / "e.tsv"
     no_columns.write_text("lang\tlabel\ts1\ts2\nde\tneutral\tx\ty\n")
     with pytest.raises(UserError, match="header lacks the column"):

@@ -27,6 +27,8 @@ from tqdm import tqdm
 
 from kdcore.cli import UserError
 from kdcore.batching import pad_batch
+from kdcore.files import iter_text_lines
+from kdcore.modeling import hf_from_pretrained
 from tinybert.glue import GlueTask, read_tsv
 
 logger = logging.getLogger("kd.augmentation")
@@ -137,22 +139,21 @@ def load_glove(path: str, vocab_size: int | None = 100000) -> GloveIndex:
         if not os.path.isfile(path):
             raise UserError(f"--glove_embs: no such file or folder: {path}")
         words, rows, dim = [], [], None
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line_num, line in enumerate(f, 1):
-                items = line.rstrip("\n").rstrip().split(" ")
-                if dim is None:
-                    dim = len(items) - 1
-                    if dim < 1:
-                        raise UserError(f"{path}:{line_num}: not GloVe text format (word followed by numbers)")
-                if len(items) < dim + 1:
-                    raise UserError(f"{path}:{line_num}: expected a word and {dim} numbers, found {len(items)} fields")
-                try:
-                    rows.append([float(x) for x in items[-dim:]])
-                except ValueError:
-                    raise UserError(f"{path}:{line_num}: not GloVe text format (non-numeric vector entry)")
-                words.append(" ".join(items[:-dim]))  # glove.840B has a few words with spaces
-                if vocab_size is not None and len(words) >= vocab_size:
-                    break
+        for line_num, line in iter_text_lines(path, "--glove_embs"):
+            items = line.rstrip().split(" ")
+            if dim is None:
+                dim = len(items) - 1
+                if dim < 1:
+                    raise UserError(f"{path}:{line_num}: not GloVe text format (word followed by numbers)")
+            if len(items) < dim + 1:
+                raise UserError(f"{path}:{line_num}: expected a word and {dim} numbers, found {len(items)} fields")
+            try:
+                rows.append([float(x) for x in items[-dim:]])
+            except ValueError:
+                raise UserError(f"{path}:{line_num}: not GloVe text format (non-numeric vector entry)")
+            words.append(" ".join(items[:-dim]))  # glove.840B has a few words with spaces
+            if vocab_size is not None and len(words) >= vocab_size:
+                break
         if not words:
             raise UserError(f"--glove_embs {path}: empty file")
         matrix = np.asarray(rows, dtype=np.float32)
@@ -174,10 +175,7 @@ def load_masked_lm(path: str, argname: str = "--pretrained_bert_model", device="
 
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
         raise UserError(f"{argname} {path}: not a model folder (no config.json)")
-    try:
-        model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{argname} {path}: cannot load a masked language model ({err})")
+    model, info = hf_from_pretrained(AutoModelForMaskedLM, path, argname, output_loading_info=True)
     prefix = model.base_model_prefix + "."
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     head_missing = [k for k in missing if not k.startswith(prefix)]

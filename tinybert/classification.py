@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from kdcore.batching import pad_batch
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import atomic_write_json, check_vocab, load_model, save_model
+from kdcore.modeling import atomic_write_json, check_vocab, hf_from_pretrained, load_model, save_model
 from tinybert.glue import GlueTask, InputExample, compute_metrics, label_order, load_split
 
 logger = logging.getLogger("kd.glue")
@@ -143,10 +143,7 @@ def read_folder_config(path: str | None):
     if path and os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
         from transformers import AutoConfig
 
-        try:
-            return AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{path}: cannot read config.json ({err})")
+        return hf_from_pretrained(AutoConfig, path, path)
     return None
 
 

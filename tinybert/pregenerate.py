@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kdcore.cli import UserError
+from kdcore.files import iter_text_lines
 from kdcore.modeling import atomic_write_json
 
 logger = logging.getLogger("kd.pregenerate")
@@ -78,18 +79,17 @@ def detect_corpus_format(path: str, sample_lines: int = 2000) -> str:
     sentences (paragraph per line) or lines that stop mid-sentence (hard-wrapped books).
     """
     n = multi = unterminated = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            n += 1
-            if len(split_sentences(line)) > 1:
-                multi += 1
-            if not re.search(r"""[.!?]["'\u201d\u2019)\]]*$""", line):
-                unterminated += 1
-            if n >= sample_lines:
-                break
+    for _, line in iter_text_lines(path, "--train_corpus"):
+        line = line.strip()
+        if not line:
+            continue
+        n += 1
+        if len(split_sentences(line)) > 1:
+            multi += 1
+        if not re.search(r"""[.!?]["'\u201d\u2019)\]]*$""", line):
+            unterminated += 1
+        if n >= sample_lines:
+            break
     if n == 0:
         return "sentences"
     return "raw" if (multi + unterminated) / n > 0.3 else "sentences"
@@ -107,16 +107,15 @@ def iter_documents(path: str, corpus_format: str) -> Iterator[list[str]]:
             return split_sentences(" ".join(block))
         return block
 
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                block.append(line)
-            elif block:
-                doc = flush()
-                block = []
-                if doc:
-                    yield doc
+    for _, line in iter_text_lines(path, "--train_corpus"):
+        line = line.strip()
+        if line:
+            block.append(line)
+        elif block:
+            doc = flush()
+            block = []
+            if doc:
+                yield doc
     if block:
         doc = flush()
         if doc:

@@ -1,0 +1,98 @@
+"""Reading user files and writing results, with the guarantees every script gives (torch-free).
+
+* `iter_text_lines` – the one line reader for text inputs: strict UTF-8 (a stray byte is an error naming
+  file:line and column, never silently replaced), NUL bytes refused (a binary file is not a corpus).
+* `file_fingerprint` – what a cache was built from (absolute path, size, modification time, SHA-256), so a cache
+  is only reused for the very input it was built from.
+* `check_writable_file` – called before the long work, so a run never computes for an hour and then fails to save.
+* `atomic_open` – write a result through a temporary file renamed into place: readers see the old file or the
+  new one, never half of one.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+from .cli import UserError
+
+
+def iter_text_lines(path: str, argname: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its line break) for every line of a UTF-8 text file.
+
+    A leading UTF-8 byte-order mark is dropped. Bytes that are not UTF-8, or a NUL byte (binary data), raise
+    `UserError("FILE:LINE: ...")`: decoding per line keeps the line number exact.
+    """
+    if not path or not os.path.isfile(path):
+        raise UserError(f"{argname}: no such file: {path}")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                raise UserError(f"{path}:{lineno}: binary data (NUL byte at column {nul + 1}), not a text file")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                                f"{err.start + 1})") from None
+            yield lineno, line.rstrip("\n").rstrip("\r")
+
+
+def read_text_lines(path: str, argname: str) -> list[str]:
+    """Every line of a UTF-8 text file (see `iter_text_lines`)."""
+    return [line for _, line in iter_text_lines(path, argname)]
+
+
+def file_fingerprint(path: str) -> dict[str, str]:
+    """Identity of an input file for cache keys: absolute path, size, mtime and SHA-256 of its bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": str(st.st_size), "mtime_ns": str(st.st_mtime_ns),
+            "sha256": digest.hexdigest()}
+
+
+def check_writable_file(path: str, argname: str) -> str:
+    """Check, before any long work, that `path` can be written (its folder is created if needed)."""
+    if os.path.isdir(path):
+        raise UserError(f"{argname} {path}: is a folder, expected a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise UserError(f"{argname} {path}: cannot write there ({err.strerror or err})")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UserError(f"{argname} {path}: the file exists and is not writable")
+    return path
+
+
+@contextmanager
+def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None):
+    """Open a temporary file beside `path` for writing; on success it replaces `path` in one rename.
+
+    The temporary name ends in `.tmp`, so one left by a killed process is recognisable (and never read).
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should read like any other file
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding, "newline": newline})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
