@@ -129,8 +129,17 @@ def save_feature_cache(path: str, features: dict, meta: dict) -> None:
         raise
 
 
+class StaleCache(UserError):
+    """A feature cache of this toolkit, built from other inputs (another training file or tokenizer)."""
+
+
+# What a cache is keyed by: the tokenizer's fingerprint and the training file's bytes.
+CACHE_KEYS = ("tokenizer_class", "vocab_size", "do_lower_case", "probe", "train_file_sha256", "train_file_size")
+
+
 def load_feature_cache(path: str, meta: dict, argname: str = "--cached_train_features_file") -> dict:
-    """Read a cache written by `save_feature_cache`; UserError if it is not one or was built differently."""
+    """Read a cache written by `save_feature_cache`. UserError if it is not one; `StaleCache` if it was built
+    from other inputs than `meta` describes (a key of `CACHE_KEYS` differs)."""
     from safetensors import safe_open
 
     try:
@@ -144,21 +153,28 @@ def load_feature_cache(path: str, meta: dict, argname: str = "--cached_train_fea
         )
     if stored.get("format") != CACHE_FORMAT:
         raise UserError(f"{argname} {path}: not a feature cache of this toolkit (format {stored.get('format')!r})")
-    for key in ("tokenizer_class", "vocab_size", "do_lower_case", "probe"):
+    for key in CACHE_KEYS:
         if key in meta and stored.get(key) != meta[key]:
-            raise UserError(
-                f"{argname} {path}: built with a different tokenizer ({key} {stored.get(key)} != {meta[key]}); "
-                "delete it or give another path to rebuild it"
-            )
+            what = "training file" if key.startswith("train_file") else "tokenizer"
+            raise StaleCache(f"{argname} {path}: built from a different {what} ({key} {stored.get(key)} != "
+                             f"{meta[key]})")
     return {key: _unpack(tensors[key], tensors[key + ".offsets"]) for key in ("source_ids", "target_ids")}
 
 
 def load_train_features(train_file: str, tokenizer, cache_file: str | None, is_main: bool = True) -> dict:
     """Token ids of every training example, from the cache if it exists, else tokenised (and cached)."""
-    meta = tokenizer_fingerprint(tokenizer)
+    if not train_file or not os.path.isfile(train_file):
+        raise UserError(f"--train_file: no such file: {train_file}")
+    source = file_fingerprint(train_file)
+    meta = {**tokenizer_fingerprint(tokenizer), "train_file_sha256": source["sha256"],
+            "train_file_size": source["size"]}
     if cache_file and os.path.isfile(cache_file):
-        logger.info("Loading cached features from %s", cache_file)
-        return load_feature_cache(cache_file, meta)
+        try:
+            features = load_feature_cache(cache_file, meta)
+            logger.info("Loaded cached features from %s", cache_file)
+            return features
+        except StaleCache as err:
+            logger.warning("%s; rebuilding it", err)
     examples = read_jsonl(train_file, require_target=True, argname="--train_file")
     features = {
         "source_ids": to_ids([e["src"] for e in examples], tokenizer),
@@ -168,7 +184,7 @@ def load_train_features(train_file: str, tokenizer, cache_file: str | None, is_m
     if empty:
         logger.warning("%s: %d examples have an empty source (first at line %d)", train_file, len(empty), empty[0])
     if cache_file and is_main:
-        save_feature_cache(cache_file, features, {**meta, "train_file": os.path.abspath(train_file)})
+        save_feature_cache(cache_file, features, {**meta, "train_file": source["path"]})
         logger.info("Saved features of %d examples to %s", len(examples), cache_file)
     return features
 

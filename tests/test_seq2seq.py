@@ -21,8 +21,10 @@ from minilm.nlg_metrics import (
 )
 from minilm.seq2seq_data import (
     Seq2SeqTrainDataset,
+    StaleCache,
     TrainCollator,
     load_feature_cache,
+    load_train_features,
     read_jsonl,
     save_feature_cache,
     tokenizer_fingerprint,
@@ -365,12 +367,26 @@ def test_feature_cache_roundtrip_is_safetensors(tmp_path, bert_tokenizer):
     with safe_open(path, framework="pt") as f:
         assert f.metadata()["format"] == "kd-seq2seq-features-v1"
     assert load_feature_cache(path, meta) == feats
-    with pytest.raises(UserError, match="different tokenizer"):
+    with pytest.raises(StaleCache, match="different tokenizer"):
         load_feature_cache(path, {**meta, "vocab_size": "7"})
     pickled = tmp_path / "old.pt"
     torch.save([{"source_ids": [1]}], pickled)
     with pytest.raises(UserError, match="never loaded"):
         load_feature_cache(str(pickled), meta)
+
+
+def test_feature_cache_is_rebuilt_for_another_train_file(tmp_path, bert_tokenizer):
+    """The cache is keyed by the training file's bytes: another file (same name) is tokenised afresh."""
+    train = tmp_path / "train.json"
+    cache = str(tmp_path / "cache.safetensors")
+    train.write_text('{"src": "hello world", "tgt": "hi"}\n')
+    first = load_train_features(str(train), bert_tokenizer, cache)
+    assert load_train_features(str(train), bert_tokenizer, cache) == first  # reused
+    train.write_text('{"src": "an entirely different example", "tgt": "other"}\n')
+    second = load_train_features(str(train), bert_tokenizer, cache)
+    expected = bert_tokenizer("an entirely different example", add_special_tokens=False)["input_ids"]
+    assert second["source_ids"] == [expected] and second != first
+    assert load_feature_cache(cache, {}) == second  # the rebuilt cache replaced the stale one
 
 
 def test_train_items_truncate_add_specials_and_noise(bert_tokenizer):

@@ -121,3 +121,26 @@ def test_single_document_needs_one_seq(tmp_path, packaged_teacher):
     script.main(args + ["--one_seq"])
     instances, _ = _read_epoch(str(tmp_path / "o"))
     assert instances and not any(i["is_random_next"] for i in instances)
+
+
+def test_run_owns_its_output_folder(tmp_path, packaged_teacher):
+    """Epoch files of an older, longer run and temporary files of a killed run are removed; others stay."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The cat sat on the mat.\nIt purred.\n\nDogs bark loudly.\nThey run.\n\nBirds sing.\n")
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("epoch_1.json", "epoch_1_metrics.json", "epoch_7.json", ".epoch_0.json.tmp-abc",
+                 ".documents.x.bin", "notes.txt"):
+        (out / name).write_text("{}\n")
+    script.main(["--train_corpus", str(corpus), "--bert_model", packaged_teacher, "--output_dir", str(out),
+                 "--epochs_to_generate", "1"])
+    assert sorted(os.listdir(out)) == ["epoch_0.json", "epoch_0_metrics.json", "notes.txt"]
+
+
+def test_corpus_bytes_are_never_replaced(tmp_path, packaged_teacher):
+    """A corpus that is not UTF-8 is an error naming file:line (it used to lose the byte: "café" -> "caf")."""
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes("A line.\n\nUn caf\u00e9 noir.\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.txt:3: not UTF-8 text \(byte 0xe9 at column 7\)"):
+        script.main(["--train_corpus", str(corpus), "--bert_model", packaged_teacher,
+                     "--output_dir", str(tmp_path / "o"), "--one_seq"])

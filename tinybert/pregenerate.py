@@ -472,6 +472,23 @@ def write_epochs(store: DocumentStore, vocab: Vocab, output_dir: str, epochs: in
     return counts
 
 
+_OWN_FILE = re.compile(r"epoch_(\d+)(?:_metrics)?\.json")
+_OWN_TEMP = re.compile(r"\.(?:epoch_\d+\.(?:json\.tmp-|part-)|documents\.).*")
+
+
+def claim_output_dir(output_dir: str, epochs: int) -> None:
+    """After a run: it owns its output folder. Temporary files of a killed run are swept, and epoch files this run
+    did not write (epoch_N.json with N >= `epochs`, left by an older, longer run) are removed, so that general
+    distillation never mixes them in. Other files are left alone."""
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        own = _OWN_FILE.fullmatch(name)
+        if (own and int(own.group(1)) >= epochs) or _OWN_TEMP.fullmatch(name):
+            logger.warning("removing %s (%s)", path, "left by an interrupted run" if name.startswith(".")
+                           else f"not part of this run's {epochs} epoch(s)")
+            os.remove(path)
+
+
 def pregenerate(args, tokenizer) -> list[int]:
     """Run the whole pregeneration for parsed `args` (see pregenerate_training_data.py)."""
     if args.max_seq_len < 5:
@@ -507,10 +524,12 @@ def pregenerate(args, tokenizer) -> list[int]:
         logger.info("%d documents, %d sentences", len(store), int(np.sum(store.num_sentences)))
         options = {k: getattr(args, k) for k in ("seed", "max_seq_len", "short_seq_prob", "masked_lm_prob",
                                                  "max_predictions_per_seq", "do_whole_word_mask", "one_seq")}
-        return write_epochs(store, Vocab(tokenizer), args.output_dir, args.epochs_to_generate, options,
-                            num_workers=args.num_workers)
+        counts = write_epochs(store, Vocab(tokenizer), args.output_dir, args.epochs_to_generate, options,
+                              num_workers=args.num_workers)
     finally:
         if isinstance(store, DiskDocumentStore):
             store.close()
         if store_file and os.path.exists(store_file):
             os.remove(store_file)
+    claim_output_dir(args.output_dir, args.epochs_to_generate)
+    return counts
