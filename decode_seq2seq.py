@@ -8,7 +8,7 @@
 
 Writes one detokenised line per input line to --output_file (default `<model_path>.<split>`), and with
 --need_score_traces the per-step beam scores, word ids and back pointers to `<output>.trace.json`.
---model_path may be a glob (every matching checkpoint is decoded).
+--model_path may be a glob (every matching checkpoint is decoded) when no file or folder has that exact name.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import logging
 import os
 
 from kdcore.cli import UserError, parse_args, run_main
+from kdcore.files import check_writable_file
 from kdcore.modeling import load_tokenizer
 
 logger = logging.getLogger("kd.decode_seq2seq")
@@ -87,7 +88,11 @@ def main(argv=None):
 
     args = parse_args(build_parser(), argv)
     check_args(args)
-    paths = sorted(glob.glob(args.model_path)) or ([args.model_path] if os.path.exists(args.model_path) else [])
+    # An existing path is taken literally (a folder may be named "run[1]"); only otherwise is it a pattern.
+    if os.path.exists(args.model_path):
+        paths = [args.model_path]
+    else:
+        paths = sorted(glob.glob(args.model_path)) if glob.has_magic(args.model_path) else []
     if not paths:
         raise UserError(f"--model_path: no such file or folder: {args.model_path}")
     if len(paths) > 1 and args.output_file:
@@ -95,6 +100,11 @@ def main(argv=None):
                         "(each gets <checkpoint>.<split>)")
     if not args.output_file and not args.split:
         raise UserError("give --output_file, or --split to write <model_path>.<split>")
+    outputs = [args.output_file or f"{os.path.normpath(path)}.{args.split}" for path in paths]
+    for out in outputs:  # before hours of decoding, not after
+        check_writable_file(out, "--output_file" if args.output_file else "--split")
+        if args.need_score_traces:
+            check_writable_file(out + ".trace.json", "--need_score_traces")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.tokenizer_name or paths[0], "--tokenizer_name",
@@ -105,7 +115,7 @@ def main(argv=None):
         ngram_size=args.ngram_size, forbid_ignore_ids=forbid_ignore_ids(args.forbid_ignore_word, tokenizer),
         need_traces=args.need_score_traces,
     )
-    for path in paths:
+    for path, out in zip(paths, outputs):
         model = load_seq2seq_model(path, tokenizer, args.config_path)
         if args.max_seq_length > model.max_positions():
             raise UserError(f"--max_seq_length {args.max_seq_length} exceeds the model's {model.max_positions()} "
@@ -116,7 +126,6 @@ def main(argv=None):
             else:
                 logger.warning("--fp16 ignored: decoding on CPU in float32")
         model.to(device)
-        out = args.output_file or f"{os.path.normpath(path)}.{args.split}"
         stats = decode_file(model, tokenizer, args.input_file, out, cfg, args.max_seq_length, args.max_tgt_length,
                             args.batch_size, device, subset=args.subset, cached=args.decoder == "cached")
         logger.info("%s: %d examples, %d tokens in %.1fs (%.1f tokens/s) -> %s", path, stats.examples,

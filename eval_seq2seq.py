@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from kdcore.cli import parse_args, run_main
+from kdcore.cli import parse_args, require_file, run_main
+from kdcore.files import check_writable_file
 from kdcore.modeling import atomic_write_json
 
 
@@ -35,8 +36,9 @@ def main(argv=None):
 
     args = parse_args(build_parser(), argv)
     task = "qg" if args.task == "qg" else "summarization"
+    require_file(args.pred, "--pred")
+    out = check_writable_file(args.output_json or args.pred + ".scores.json", "--output_json")
     scores = score_files(args.pred, args.gold, task, src_file=args.src_file, nltk_data=args.nltk_data)
-    out = args.output_json or args.pred + ".scores.json"
     atomic_write_json(scores, out)
     print(json.dumps(scores, indent=2))
     return scores

@@ -28,19 +28,46 @@ class UserError(Exception):
     """A problem with the user's input (arguments, files, data). Reported as one line, exit code 2."""
 
 
+# Where a training run stands, for the one line printed on Ctrl-C (kept up to date by the trainer).
+_PROGRESS: dict = {"step": None, "checkpoint": None}
+
+
+def note_progress(step: int | None = None, checkpoint: str | None = None) -> None:
+    """Record the current optimisation step and/or the newest complete checkpoint (for the interrupt message)."""
+    if step is not None:
+        _PROGRESS["step"] = step
+    if checkpoint is not None:
+        _PROGRESS["checkpoint"] = checkpoint
+
+
+def interrupt_message() -> str:
+    step, ckpt = _PROGRESS["step"], _PROGRESS["checkpoint"]
+    where = f"interrupted at step {step}" if step is not None else "interrupted"
+    if ckpt:
+        return f"{where}; rerun the same command to resume from {os.path.basename(os.path.normpath(ckpt))}"
+    if step is not None:
+        return f"{where}; no checkpoint was saved yet, so rerunning the same command starts from step 0"
+    return where
+
+
 def run_main(main: Callable[[], object]) -> None:
-    """Run a script's `main`, turning `UserError` into one clear line on stderr and exit code 2."""
+    """Run a script's `main`: a `UserError` becomes one line on stderr and exit code 2; Ctrl-C becomes one line
+    saying where the run stopped and where a rerun resumes (exit code 130), not a traceback."""
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         level=logging.INFO,
     )
+    prog = os.path.basename(sys.argv[0]) or "kd"
     try:
         main()
     except UserError as err:
-        prog = os.path.basename(sys.argv[0]) or "kd"
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        newline = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line on a terminal
+        print(f"{newline}{prog}: {interrupt_message()}", file=sys.stderr)
+        sys.exit(130)
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -246,7 +273,26 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         # A required option given by the config file is no longer required on the command line.
         for key in values:
             dests[key].required = False
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_outputs(args)
+    return args
+
+
+# Arguments that name what a run writes, checked for writability while parsing: a run never computes for an hour
+# and then fails to save.
+OUTPUT_DIR_ARGS = ("output_dir",)
+OUTPUT_FILE_ARGS = ("output_file", "output_json")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    from .files import check_writable_dir, check_writable_file
+
+    for dest in OUTPUT_DIR_ARGS:
+        if getattr(args, dest, None):
+            check_writable_dir(getattr(args, dest), f"--{dest}")
+    for dest in OUTPUT_FILE_ARGS:
+        if getattr(args, dest, None):
+            check_writable_file(getattr(args, dest), f"--{dest}")
 
 
 def ensure_writable_dir(path: str, argname: str = "--output_dir") -> str:

@@ -59,18 +59,41 @@ def file_fingerprint(path: str) -> dict[str, str]:
             "sha256": digest.hexdigest()}
 
 
-def check_writable_file(path: str, argname: str) -> str:
-    """Check, before any long work, that `path` can be written (its folder is created if needed)."""
-    if os.path.isdir(path):
-        raise UserError(f"{argname} {path}: is a folder, expected a file name")
-    parent = os.path.dirname(os.path.abspath(path))
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _probe(folder: str, path: str, argname: str) -> None:
     try:
-        os.makedirs(parent, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=folder)
         os.close(fd)
         os.remove(probe)
     except OSError as err:
         raise UserError(f"{argname} {path}: cannot write there ({err.strerror or err})")
+
+
+def check_writable_dir(path: str, argname: str) -> str:
+    """Check, before any long work, that an output folder exists and is writable, or can be created (nothing is
+    created here, so a run stopped by a later check leaves nothing behind)."""
+    found = _nearest_existing(path)
+    if not os.path.isdir(found):
+        raise UserError(f"{argname} {path}: cannot write there ({found} is a file, not a folder)")
+    _probe(found, path, argname)
+    return path
+
+
+def check_writable_file(path: str, argname: str) -> str:
+    """Check, before any long work, that `path` can be written. Nothing is created: missing folders only need
+    their nearest existing ancestor to be a writable folder (they are made when the result is written)."""
+    if os.path.isdir(path):
+        raise UserError(f"{argname} {path}: is a folder, expected a file name")
+    parent = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(parent):
+        raise UserError(f"{argname} {path}: cannot write there ({parent} is a file, not a folder)")
+    _probe(parent, path, argname)
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UserError(f"{argname} {path}: the file exists and is not writable")
     return path

@@ -19,7 +19,6 @@ What the loop guarantees:
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import math
@@ -38,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cli import UserError, ensure_writable_dir
+from .cli import UserError, ensure_writable_dir, note_progress
 from .modeling import atomic_dir
 
 logger = logging.getLogger("kd.runtime")
@@ -275,7 +274,8 @@ def checkpoint_step(path: str, prefix: str) -> int | None:
 def list_checkpoints(output_dir: str, prefix: str = "checkpoint") -> list[str]:
     """Complete checkpoints (those with a training state file), oldest first."""
     found = []
-    for path in glob.glob(os.path.join(output_dir, f"{prefix}-*")):
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    for path in (os.path.join(output_dir, n) for n in names):  # listdir, never glob: the path may hold [ or *
         step = checkpoint_step(path, prefix)
         if step is not None and os.path.isfile(os.path.join(path, TRAINING_STATE)):
             found.append((step, path))
@@ -487,6 +487,7 @@ def train(
     resume = resolve_resume(args, checkpoint_prefix)
     if resume:
         state = load_checkpoint(resume, rt, model, optimizer, scheduler)
+        note_progress(state.global_step, resume)
         if rt.is_main:
             logger.info("resumed from %s (step %d)", resume, state.global_step)
     if rt.distributed:
@@ -537,6 +538,7 @@ def train(
         if rt.is_main:
             path = os.path.join(args.output_dir, f"{checkpoint_prefix}-{state.global_step}")
             save_checkpoint(path, rt, model, optimizer, scheduler, state, save_model_fn, rng)
+            note_progress(checkpoint=path)
             _prune_checkpoints(args.output_dir, checkpoint_prefix, args.save_total_limit)
         rt.barrier()
 
@@ -588,6 +590,7 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.global_step += 1
+            note_progress(state.global_step)
             progress.update(1)
             last_losses = {k: v / running_count for k, v in running.items()}
 

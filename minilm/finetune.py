@@ -15,7 +15,6 @@ was trained without segment embeddings, so no token type ids are passed (as in t
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
@@ -178,8 +177,9 @@ def checkpoints_to_evaluate(output_dir: str, include_checkpoints: bool) -> list[
     final model in `output_dir` itself (if there is one)."""
     found = []
     if include_checkpoints:
-        for path in glob.glob(os.path.join(output_dir, "checkpoint-*")):
-            m = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(path))
+        for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else []):  # never glob a user's path
+            path = os.path.join(output_dir, name)
+            m = re.fullmatch(r"checkpoint-(\d+)", name)
             if m and os.path.isfile(os.path.join(path, "config.json")):
                 found.append((int(m.group(1)), path))
     out = [(os.path.basename(p), p) for _, p in sorted(found)]

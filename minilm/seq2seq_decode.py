@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdcore.cli import UserError
+from kdcore.files import atomic_open
 from kdcore.modeling import atomic_write_json, load_model
 
 from .beam_search import CachedStepper, RecomputeStepper, SearchConfig, beam_search
@@ -127,13 +128,9 @@ def decode_file(model: UniLMSeq2Seq, tokenizer, input_file: str, output_file: st
         logger.warning("%d of %d sources were longer than --max_seq_length - 2 - --max_tgt_length = %d tokens and "
                        "were truncated", stats.truncated_sources, stats.examples, max_source_tokens)
     lines = [output_line(r.tokens, tokenizer) for r in results]
-    parent = os.path.dirname(os.path.abspath(output_file))
-    os.makedirs(parent, exist_ok=True)
-    tmp = output_file + f".tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(output_file) as f:
         for line in lines:
             f.write(line + "\n")
-    os.replace(tmp, output_file)
     if cfg.need_traces:
         atomic_write_json({
             "version": 1,

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from kdcore.batching import pad_batch
 from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.files import atomic_open
 from kdcore.modeling import atomic_write_json, check_vocab, hf_from_pretrained, load_model, save_model
 from tinybert.glue import GlueTask, InputExample, compute_metrics, label_order, load_split
 
@@ -121,10 +122,8 @@ def write_predictions(model, dataset: GlueDataset, task: GlueTask, labels: list[
         index = example.guid.split("-", 1)[1]
         value = f"{float(row[0]):.3f}" if labels is None else labels[int(row.argmax())]
         lines.append(f"{index}\t{value}")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
 
 
 def submission_name(task_key: str, task: GlueTask) -> str:

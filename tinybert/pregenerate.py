@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import tempfile
 from typing import Iterable, Iterator
 
@@ -402,6 +403,12 @@ def _init_worker(store, vocab, options):
     _WORKER.update(store=store, vocab=vocab, options=options)
 
 
+def _init_pool_worker(store, vocab, options):
+    # Ctrl-C reaches the whole process group: the parent reports it in one line, workers stay quiet.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(store, vocab, options)
+
+
 def _generate_chunk(task: tuple[int, int, int, str]) -> tuple[int, str, int]:
     """Write the instances of documents [start, end) for `epoch` to a part file; returns (epoch, path, count)."""
     epoch, start, end, part_dir = task
@@ -436,7 +443,7 @@ def write_epochs(store: DocumentStore, vocab: Vocab, output_dir: str, epochs: in
         if num_workers > 1:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the parent is done tokenizing
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ctx.Pool(num_workers, initializer=_init_worker, initargs=(store, vocab, options))
+            pool = ctx.Pool(num_workers, initializer=_init_pool_worker, initargs=(store, vocab, options))
             results: Iterable = pool.imap(_generate_chunk, tasks)  # ordered: parts concatenate in document order
         else:
             pool = None
