@@ -19,7 +19,7 @@ import os
 
 from kdcore.cli import UserError, parse_args, run_main
 from kdcore.files import check_writable_file
-from kdcore.modeling import load_tokenizer
+from kdcore.modeling import check_length_fits, load_tokenizer
 
 logger = logging.getLogger("kd.decode_seq2seq")
 
@@ -105,6 +105,9 @@ def main(argv=None):
         check_writable_file(out, "--output_file" if args.output_file else "--split")
         if args.need_score_traces:
             check_writable_file(out + ".trace.json", "--need_score_traces")
+    for path in paths:
+        check_length_fits(args.config_path or path, args.max_seq_length, "--max_seq_length",
+                          "--config_path" if args.config_path else "--model_path")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.tokenizer_name or paths[0], "--tokenizer_name",

@@ -8,7 +8,7 @@ import argparse
 import os
 
 from kdcore.cli import UserError, ensure_writable_dir, parse_args, require_file, run_main
-from kdcore.modeling import load_tokenizer
+from kdcore.modeling import check_length_fits, load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +47,7 @@ def main(argv=None):
     require_file(args.train_corpus, "--train_corpus")
     if args.max_documents is not None and args.max_documents < 1:
         raise UserError("--max_documents must be at least 1")
+    check_length_fits(args.bert_model, args.max_seq_len, "--max_seq_len", "--bert_model")
     tokenizer = load_tokenizer(args.bert_model, "--bert_model", do_lower_case=True if args.do_lower_case else None)
     if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
         raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no [CLS]/[SEP]/[MASK] tokens")

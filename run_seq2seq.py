@@ -16,7 +16,7 @@ import logging
 import os
 
 from kdcore.cli import UserError, ensure_writable_dir, parse_args, run_main
-from kdcore.modeling import atomic_write_json, load_model, load_tokenizer, save_model
+from kdcore.modeling import atomic_write_json, check_length_fits, load_model, load_tokenizer, save_model
 from kdcore.runtime import Runtime, add_runtime_args, train
 
 logger = logging.getLogger("kd.run_seq2seq")
@@ -92,6 +92,10 @@ def main(argv=None):
 
     args = parse_args(build_parser(), argv)
     check_args(args)
+    check_length_fits(args.config_name or args.model_name_or_path,
+                      args.max_source_seq_length + args.max_target_seq_length,
+                      "--max_source_seq_length + --max_target_seq_length",
+                      "--config_name" if args.config_name else "--model_name_or_path")
     rt = Runtime(args)
     if rt.is_main:
         ensure_writable_dir(args.output_dir)

@@ -69,6 +69,36 @@ def _read_config(path: str, argname: str):
     return config
 
 
+def max_input_positions(config) -> int | None:
+    """Longest input the model's position embeddings allow (RoBERTa-style models offset positions by pad+1).
+    `config` is a transformers config or the dict of a config.json."""
+    get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
+    n = get("max_position_embeddings")
+    if not isinstance(n, int):
+        return None
+    if get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        n -= (get("pad_token_id") or 0) + 1
+    return n
+
+
+def check_length_fits(model_path: str | None, length: int, length_arg: str, model_arg: str) -> None:
+    """Before any model is loaded: `length` tokens must fit the position embeddings that `model_path` (a folder,
+    or a config JSON) declares. Paths that are not readable configs are left to the loader's own errors."""
+    if not model_path:
+        return
+    config_file = os.path.join(model_path, "config.json") if os.path.isdir(model_path) else model_path
+    if not (config_file.endswith(".json") and os.path.isfile(config_file)):
+        return
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError):
+        return
+    limit = max_input_positions(raw) if isinstance(raw, dict) else None
+    if limit is not None and length > limit:
+        raise UserError(f"{length_arg} {length} exceeds the {limit} positions of {model_arg} {model_path}")
+
+
 def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())[:300]
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from kdcore.batching import pad_batch
 from kdcore.cli import UserError
-from kdcore.modeling import check_vocab, load_model, load_tokenizer, save_model
+from kdcore.modeling import check_vocab, load_model, load_tokenizer, max_input_positions, save_model
 
 logger = logging.getLogger("kd")
 
@@ -107,10 +107,8 @@ def load_task_model(args, model_class, tokenizer, path: str | None = None, **con
 
 def check_max_seq_length(config, max_seq_length: int) -> None:
     """UserError when windows would be longer than the model's position embeddings."""
-    limit = getattr(config, "max_position_embeddings", None)
+    limit = max_input_positions(config)
     if limit is not None:
-        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta"):
-            limit -= 2  # positions start after the padding index
         if max_seq_length > limit:
             raise UserError(f"--max_seq_length {max_seq_length} is longer than the model's {limit} positions")
 

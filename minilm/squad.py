@@ -529,7 +529,7 @@ def run(args) -> dict | None:
     from transformers import AutoModelForQuestionAnswering
 
     from kdcore.cli import ensure_writable_dir
-    from kdcore.modeling import atomic_write_json
+    from kdcore.modeling import atomic_write_json, check_length_fits
     from kdcore.runtime import Runtime
 
     from .finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
@@ -546,6 +546,8 @@ def run(args) -> dict | None:
     for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "n_best_size", "max_answer_length"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    check_length_fits(args.config_name or args.model_name_or_path, args.max_seq_length, "--max_seq_length",
+                      "--config_name" if args.config_name else "--model_name_or_path")
     # Validate the data files before loading a model or spending time on training.
     train_obj = read_squad_file(_data_path(args, "train_file"), "--train_file") if args.do_train else None
     eval_obj = read_squad_file(_data_path(args, "predict_file"), "--predict_file") if args.do_eval else None

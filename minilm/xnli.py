@@ -188,7 +188,7 @@ def run(args) -> dict | None:
     from transformers import AutoModelForSequenceClassification
 
     from kdcore.cli import ensure_writable_dir
-    from kdcore.modeling import atomic_write_json
+    from kdcore.modeling import atomic_write_json, check_length_fits
     from kdcore.runtime import Runtime
 
     from .finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
@@ -201,6 +201,8 @@ def run(args) -> dict | None:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data_dir: no such folder: {args.data_dir}")
+    check_length_fits(args.config_name or args.model_name_or_path, args.max_seq_length, "--max_seq_length",
+                      "--config_name" if args.config_name else "--model_name_or_path")
     train_language = args.train_language or args.language
     # Read (and validate) every data file before loading a model or training.
     examples = dev = test = None

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from kdcore.batching import pad_batch
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.files import atomic_open
-from kdcore.modeling import atomic_write_json, check_vocab, hf_from_pretrained, load_model, save_model
+from kdcore.modeling import atomic_write_json, check_length_fits, check_vocab, hf_from_pretrained, load_model, save_model
 from tinybert.glue import GlueTask, InputExample, compute_metrics, label_order, load_split
 
 logger = logging.getLogger("kd.glue")
@@ -247,6 +247,8 @@ def run_glue(args) -> dict:
         raise UserError("nothing to do: give --do_train, --do_eval and/or --do_predict")
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data_dir: no such folder: {args.data_dir}")
+    check_length_fits(args.config_name or args.model_name_or_path, args.max_seq_length, "--max_seq_length",
+                      "--config_name" if args.config_name else "--model_name_or_path")
     ensure_writable_dir(args.output_dir)
     rt = Runtime(args)
     tok_path = args.tokenizer_name or (args.model_name_or_path if has_tokenizer(args.model_name_or_path) else None)

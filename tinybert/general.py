@@ -18,7 +18,7 @@ import math
 import os
 
 from kdcore.cli import UserError
-from kdcore.modeling import build_student, load_teacher, load_tokenizer, save_model
+from kdcore.modeling import build_student, load_teacher, load_tokenizer, max_input_positions, save_model
 from kdcore.runtime import Runtime, add_runtime_args, train
 
 from .intermediate import TinyBertIntermediateObjective
@@ -71,14 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
         aliases={"save_steps": ["--eval_step"]},
     )
     return parser
-
-
-def max_input_positions(config) -> int:
-    """Longest input the model's position embeddings allow (RoBERTa-style models offset positions by pad+1)."""
-    n = config.max_position_embeddings
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        n -= (config.pad_token_id or 0) + 1
-    return n
 
 
 def build_objective(args, teacher, student):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import build_student, load_teacher, save_model
+from kdcore.modeling import build_student, check_length_fits, load_teacher, save_model
 from tinybert.classification import (
     GlueDataset, evaluate_all, eval_sets, has_tokenizer, is_classifier_config, label_config, load_classifier,
     model_inputs, predict_test_sets, read_folder_config, write_results,
@@ -112,6 +112,8 @@ def run_task_distill(args) -> dict:
     task_key = args.task_name.lower()
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data_dir: no such folder: {args.data_dir}")
+    for arg, path in (("--teacher_model", args.teacher_model), ("--student_model", args.student_model)):
+        check_length_fits(path, args.max_seq_length, "--max_seq_length", arg)
     ensure_writable_dir(args.output_dir)
     eval_only = args.do_eval
     if not eval_only and not args.teacher_model:
