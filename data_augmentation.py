@@ -66,9 +66,9 @@ def main(argv=None):
         raise UserError(f"cannot write {output} (read-only folder?); give --output_file")
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+    glove = load_glove(args.glove_embs, args.glove_vocab_size)  # the cheaper input first: a bad file stops us early
     tokenizer = load_tokenizer(args.pretrained_bert_model, "--pretrained_bert_model")
     model = load_masked_lm(args.pretrained_bert_model, device=device)
-    glove = load_glove(args.glove_embs, args.glove_vocab_size)
     augmentor = DataAugmentor(model, tokenizer, glove, M=args.M, N=args.N, p=args.p, seed=args.seed,
                               batch_size=args.batch_size, device=device)
     n_in, n_out = augment_file(augmentor, task, train_path, output, max_examples=args.max_train_examples)

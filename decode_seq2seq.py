@@ -84,6 +84,7 @@ def main(argv=None):
 
     from kdcore.runtime import set_seed
     from minilm.beam_search import SearchConfig
+    from minilm.seq2seq_data import read_jsonl
     from minilm.seq2seq_decode import decode_file, forbid_ignore_ids, load_seq2seq_model
 
     args = parse_args(build_parser(), argv)
@@ -105,6 +106,7 @@ def main(argv=None):
         check_writable_file(out, "--output_file" if args.output_file else "--split")
         if args.need_score_traces:
             check_writable_file(out + ".trace.json", "--need_score_traces")
+    read_jsonl(args.input_file, require_target=False, argname="--input_file")  # a bad line stops us before any model
     for path in paths:
         check_length_fits(args.config_path or path, args.max_seq_length, "--max_seq_length",
                           "--config_path" if args.config_path else "--model_path")

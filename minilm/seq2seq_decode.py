@@ -32,10 +32,13 @@ def check_has_lm_head(model_path: str, argname: str = "--model_path") -> None:
         if not any(n.endswith(".index.json") for n in os.listdir(folder)):
             raise UserError(f"{argname} {model_path}: folder has no model.safetensors or pytorch_model.bin")
     if weights.endswith(".safetensors") and os.path.isfile(weights):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(weights, framework="pt") as f:
-            keys = list(f.keys())
+        try:
+            with safe_open(weights, framework="pt") as f:
+                keys = list(f.keys())
+        except (OSError, SafetensorError) as err:
+            raise UserError(f"{argname} {model_path}: cannot read {weights} ({' '.join(str(err).split())})")
         if not any(any(m in k for m in HEAD_KEY_MARKERS) for k in keys):
             raise UserError(f"{argname} {model_path}: the weights have no masked-LM head; "
                             "is this a checkpoint written by run_seq2seq.py?")

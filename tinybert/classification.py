@@ -142,7 +142,7 @@ def read_folder_config(path: str | None):
     if path and os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
         from transformers import AutoConfig
 
-        return hf_from_pretrained(AutoConfig, path, path)
+        return hf_from_pretrained(AutoConfig, path, "model folder")
     return None
 
 
@@ -250,7 +250,6 @@ def run_glue(args) -> dict:
     check_length_fits(args.config_name or args.model_name_or_path, args.max_seq_length, "--max_seq_length",
                       "--config_name" if args.config_name else "--model_name_or_path")
     ensure_writable_dir(args.output_dir)
-    rt = Runtime(args)
     tok_path = args.tokenizer_name or (args.model_name_or_path if has_tokenizer(args.model_name_or_path) else None)
     if tok_path is None:
         raise UserError(f"--model_name_or_path {args.model_name_or_path} has no tokenizer files: give --tokenizer_name")
@@ -265,6 +264,7 @@ def run_glue(args) -> dict:
     sets = eval_sets(task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length, args.max_eval_examples) \
         if (args.do_eval or (args.do_train and args.evaluate_during_training)) else {}
 
+    rt = Runtime(args)  # after the data is read and checked; before the model (seeds its new head)
     model = load_classifier(args.model_name_or_path, task, labels, "--model_name_or_path", args.config_name, tokenizer)
 
     def save_fn(objective, folder):

@@ -18,7 +18,8 @@ import math
 import os
 
 from kdcore.cli import UserError
-from kdcore.modeling import build_student, load_teacher, load_tokenizer, max_input_positions, save_model
+from kdcore.modeling import (build_student, load_teacher, load_tokenizer, max_input_positions, read_model_config,
+                             read_student_config, save_model)
 from kdcore.runtime import Runtime, add_runtime_args, train
 
 from .intermediate import TinyBertIntermediateObjective
@@ -116,17 +117,21 @@ def run(args):
                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
     if args.num_train_epochs <= 0:
         raise UserError("--num_train_epochs must be positive")
+    if not args.continue_train:  # the student's config is checked before any model is loaded
+        path = args.student_model
+        read_student_config(os.path.join(path, "config.json") if os.path.isdir(path) else path, "--student_model")
     rt = Runtime(args)  # seeds first, so the student's random initialisation is reproducible
     tokenizer = load_tokenizer(args.teacher_model, "--teacher_model", do_lower_case=True if args.do_lower_case else None)
-    teacher = load_teacher(args.teacher_model)
-    student = load_student(args, teacher, tokenizer)
-    objective = build_objective(args, teacher, student)
-
+    teacher_config = read_model_config(args.teacher_model, "--teacher_model")
     epochs = math.ceil(args.num_train_epochs)
     dataset = PregeneratedTrainingData(
         args.pregenerated_data, tokenizer, num_train_epochs=epochs, seed=args.seed, reduce_memory=args.reduce_memory,
-        max_positions=max_input_positions(teacher.config),
+        max_positions=max_input_positions(teacher_config),
     )
+    dataset.data_epoch(0)  # read and check the first data epoch before any model is loaded
+    teacher = load_teacher(args.teacher_model)
+    student = load_student(args, teacher, tokenizer)
+    objective = build_objective(args, teacher, student)
     collate = PregeneratedCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
                                    use_token_type_ids=getattr(teacher.config, "type_vocab_size", 2) > 1)
     if rt.is_main:

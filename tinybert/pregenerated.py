@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from kdcore.cli import UserError
+from kdcore.files import iter_text_lines
 
 logger = logging.getLogger("kd")
 
@@ -119,49 +120,49 @@ class PregeneratedEpoch(Dataset):
         unk = tokenizer.unk_token
         where = self.data_file
         count = 0
-        with open(self.data_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(tqdm(f, total=self.num_examples, desc=f"Loading {os.path.basename(where)}",
-                                                 mininterval=2.0), start=1):
-                line = line.strip()
-                if not line:
-                    continue
-                if count >= self.num_examples:
-                    raise UserError(f"{where}:{lineno}: more examples than num_training_examples "
-                                    f"{self.num_examples} in its metrics file")
-                try:
-                    example = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{where}:{lineno}: not valid JSON ({err.msg})")
-                if not isinstance(example, dict) or any(k not in example for k in REQUIRED_KEYS):
-                    missing = [k for k in REQUIRED_KEYS if not isinstance(example, dict) or k not in example]
-                    raise UserError(f"{where}:{lineno}: missing key(s) {', '.join(missing)}")
-                tokens, segments = example["tokens"], example["segment_ids"]
-                n = len(tokens)
-                if n > self.max_seq_len or n == 0:
-                    raise UserError(f"{where}:{lineno}: {n} tokens, but max_seq_len is {self.max_seq_len}")
-                if len(segments) != n:
-                    raise UserError(f"{where}:{lineno}: {len(segments)} segment_ids for {n} tokens")
-                ids = [vocab.get(tok, -1) for tok in tokens]
-                if -1 in ids:
-                    bad = tokens[ids.index(-1)]
-                    raise UserError(
-                        f"{where}:{lineno}: token {bad!r} is not in the teacher's vocabulary "
-                        f"(was the data pregenerated with another tokenizer? unknown token is {unk!r})"
-                    )
-                i = count
-                arrays["input_ids"][i, :n] = ids
-                arrays["segment_ids"][i, :n] = segments
-                arrays["lengths"][i] = n
-                arrays["is_random_next"][i] = bool(example["is_random_next"])
-                if self.with_lm_labels:
-                    positions, labels = example["masked_lm_positions"], example["masked_lm_labels"]
-                    if len(positions) != len(labels) or any(not 0 <= p < n for p in positions):
-                        raise UserError(f"{where}:{lineno}: masked_lm_positions do not match masked_lm_labels/tokens")
-                    label_ids = [vocab.get(tok, -1) for tok in labels]
-                    if -1 in label_ids:
-                        raise UserError(f"{where}:{lineno}: masked_lm_label {labels[label_ids.index(-1)]!r} not in vocabulary")
-                    arrays["lm_label_ids"][i, positions] = label_ids
-                count += 1
+        lines = iter_text_lines(self.data_file, "--pregenerated_data")
+        for lineno, line in tqdm(lines, total=self.num_examples, desc=f"Loading {os.path.basename(where)}",
+                                 mininterval=2.0):
+            line = line.strip()
+            if not line:
+                continue
+            if count >= self.num_examples:
+                raise UserError(f"{where}:{lineno}: more examples than num_training_examples "
+                                f"{self.num_examples} in its metrics file")
+            try:
+                example = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{where}:{lineno}: not valid JSON ({err.msg})")
+            if not isinstance(example, dict) or any(k not in example for k in REQUIRED_KEYS):
+                missing = [k for k in REQUIRED_KEYS if not isinstance(example, dict) or k not in example]
+                raise UserError(f"{where}:{lineno}: missing key(s) {', '.join(missing)}")
+            tokens, segments = example["tokens"], example["segment_ids"]
+            n = len(tokens)
+            if n > self.max_seq_len or n == 0:
+                raise UserError(f"{where}:{lineno}: {n} tokens, but max_seq_len is {self.max_seq_len}")
+            if len(segments) != n:
+                raise UserError(f"{where}:{lineno}: {len(segments)} segment_ids for {n} tokens")
+            ids = [vocab.get(tok, -1) for tok in tokens]
+            if -1 in ids:
+                bad = tokens[ids.index(-1)]
+                raise UserError(
+                    f"{where}:{lineno}: token {bad!r} is not in the teacher's vocabulary "
+                    f"(was the data pregenerated with another tokenizer? unknown token is {unk!r})"
+                )
+            i = count
+            arrays["input_ids"][i, :n] = ids
+            arrays["segment_ids"][i, :n] = segments
+            arrays["lengths"][i] = n
+            arrays["is_random_next"][i] = bool(example["is_random_next"])
+            if self.with_lm_labels:
+                positions, labels = example["masked_lm_positions"], example["masked_lm_labels"]
+                if len(positions) != len(labels) or any(not 0 <= p < n for p in positions):
+                    raise UserError(f"{where}:{lineno}: masked_lm_positions do not match masked_lm_labels/tokens")
+                label_ids = [vocab.get(tok, -1) for tok in labels]
+                if -1 in label_ids:
+                    raise UserError(f"{where}:{lineno}: masked_lm_label {labels[label_ids.index(-1)]!r} not in vocabulary")
+                arrays["lm_label_ids"][i, positions] = label_ids
+            count += 1
         if count != self.num_examples:
             raise UserError(
                 f"{where}: {count} examples, but its metrics file says num_training_examples {self.num_examples}"
