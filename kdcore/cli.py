@@ -62,12 +62,23 @@ def run_main(main: Callable[[], object]) -> None:
     try:
         main()
     except UserError as err:
+        _close_progress_bars()
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        newline = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line on a terminal
-        print(f"{newline}{prog}: {interrupt_message()}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"{prog}: {interrupt_message()}", file=sys.stderr)
         sys.exit(130)
+
+
+def _close_progress_bars() -> None:
+    """Finish open tqdm bars now (their line ends), so that they are not redrawn after the last message."""
+    tqdm_module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # a bar in a broken state must not hide the message
+            pass
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -82,8 +93,11 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 def load_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"--config: no such file: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise UserError(f"--config {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})")
     try:
         if path.endswith((".yaml", ".yml")):
             import yaml
@@ -121,12 +135,13 @@ RANGE_RULES: dict[str, tuple] = {
         "gradient_accumulation_steps", "beam_size", "max_seq_length", "max_seq_len", "max_tgt_length",
         "max_query_length", "doc_stride", "max_answer_length", "n_best_size", "ngram_size", "num_relation_heads",
         "epochs_to_generate", "num_workers", "max_predictions_per_seq", "max_documents", "max_train_examples",
-        "max_eval_examples", "glove_vocab_size", "M", "N", "eval_step", "logging_steps", "save_total_limit",
+        "max_eval_examples", "glove_vocab_size", "M", "N", "logging_steps", "save_total_limit",
         "distill_steps")},
     "max_source_seq_length": (3, True, _INF, True, ()),  # [CLS] token [SEP]
     "max_target_seq_length": (2, True, _INF, True, ()),  # token [SEP]
     **{name: AT_LEAST_0 for name in (
-        "save_steps", "num_warmup_steps", "dataloader_num_workers", "subset", "min_len", "num_max_mask_token")},
+        "save_steps", "eval_step", "num_warmup_steps", "dataloader_num_workers", "subset", "min_len",
+        "num_max_mask_token")},  # 0: never (save only at the end, evaluate only at the end, decode everything...)
     "seed": (0, True, 2**32 - 1, True, ()),  # numpy's seed range
     "max_steps": (1, True, _INF, True, (-1, 0)),  # -1 / 0: train for --num_train_epochs
     "local_rank": (-1, True, _INF, True, ()),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .cli import UserError, ensure_writable_dir
+from .files import atomic_open, read_text_lines
 from .modeling import atomic_write_json
 
 logger = logging.getLogger("kd.demo")
@@ -178,11 +179,10 @@ def run_demo(args) -> dict:
     pregen = os.path.join(out, "pregenerated")
     if not _done(pregen, "epoch_0_metrics.json"):
         corpus = os.path.join(out, "corpus.txt")
-        with open(corpus + ".tmp", "w", encoding="utf-8") as f:
-            for name in args.corpus:
-                with open(os.path.join(data, "corpus", name), encoding="utf-8") as src:
-                    f.write(src.read().rstrip("\n") + "\n\n")
-        os.replace(corpus + ".tmp", corpus)
+        with atomic_open(corpus) as f:
+            for name in args.corpus:  # read strictly: a bad byte is named by its own file and line
+                lines = read_text_lines(os.path.join(data, "corpus", name), "--corpus")
+                f.write("\n".join(lines).rstrip("\n") + "\n\n")
         extra = ["--max_documents", scale.corpus_documents] if scale.corpus_documents else []
         _run("1_pregenerate", "pregenerate_training_data.py",
              ["--train_corpus", corpus, "--bert_model", teacher, "--do_lower_case", "--output_dir", pregen,

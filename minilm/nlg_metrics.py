@@ -156,8 +156,12 @@ def corpus_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], 
 
 
 def find_wordnet(nltk_data: str | None = None) -> str | None:
-    """Make nltk see WordNet; returns the folder that holds it, or None when none is found."""
+    """Make nltk see WordNet; returns the folder that holds it, or None when none is found. A folder given
+    explicitly must hold it (another WordNet found elsewhere would silently stand in for it)."""
     import nltk
+
+    if nltk_data and not os.path.isdir(os.path.join(nltk_data, "corpora", "wordnet")):
+        raise UserError(f"--nltk_data {nltk_data}: no corpora/wordnet there")
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     candidates = [nltk_data, os.environ.get("KD_SHARED_DATA") and os.path.join(os.environ["KD_SHARED_DATA"], "nltk_data"),

@@ -13,23 +13,19 @@ Rows in `LATE` are defects that can only show once earlier work has run (a damag
 data was read and checked); there the error line is still the only error and the last line, and may follow the
 toolkit's own INFO log records and progress bars of that earlier work, but never a warning or a traceback.
 """
-import io
 import json
-import logging
 import os
 import re
-import runpy
 import shutil
 import subprocess
 import sys
-import traceback
 
 import pytest
 
+from forked import run_forked
 from pregenerated_writer import real_paragraphs, write_pregenerated
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROJECT_PACKAGES = ("kdcore", "tinybert", "minilm")
 LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d INFO kd[\w.]*: ")
 PROGRESS_BAR = re.compile(r"^[\w .:-]+: +\d+%\|")
 
@@ -90,6 +86,7 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
         "beam_float.yaml": "beam_size: 2.5\n", "task_num.yaml": "task: 7\n", "scale.yaml": "scale: huge\n",
         "student_list.json": "[384, 3]", "student_empty.json": "{}", "student_str.json": '{"hidden_size": "384"}',
         "student_heads.json": '{"hidden_size": 100, "num_hidden_layers": 2, "num_attention_heads": 12}',
+        "latin1.yaml": "seed: 1 # caf\u00e9\n".encode("latin-1"),
     }.items():
         p[name.replace(".", "_")] = _write(f"{t}/cfg/{name}", text)
     # pregenerated data
@@ -195,6 +192,7 @@ ROWS = [
     ("gd-config-bad-yaml", "general_distill.py", "--config {bad_yaml_yaml}", "bad_yaml.yaml: not valid YAML"),
     ("gd-config-word-for-float", "general_distill.py", "--config {lr_word_json}", "learning_rate (--learning_rate): invalid float value 'fast'"),
     ("gd-config-missing", "general_distill.py", "--config {tmp}/nope.yaml", "--config: no such file"),
+    ("gd-config-latin1", "general_distill.py", "--config {latin1_yaml}", "latin1.yaml: not UTF-8 text (byte 0xe9"),
     ("gd-student-json-list", "general_distill.py", "--student_model {student_list_json}", "student_list.json: a config must be a JSON object"),
     ("gd-student-no-size", "general_distill.py", "--student_model {student_empty_json}", "student_empty.json: no size field"),
     ("gd-student-size-string", "general_distill.py", "--student_model {student_str_json}", "hidden_size must be a positive integer"),
@@ -272,6 +270,7 @@ ROWS = [
     ("eval-gold-bad-json", "eval_seq2seq.py", "--gold {xsum_badjson}", "badjson.json:5: not valid JSON"),
     ("eval-line-count", "eval_seq2seq.py", "--pred {pred_short}", "has 3 lines but --gold"),
     ("eval-task-choice", "eval_seq2seq.py", "--config {task_num_yaml}", "task (--task): invalid choice '7'"),
+    ("eval-nltk-data-without-wordnet", "eval_seq2seq.py", "--task qg --nltk_data {tmp}", "--nltk_data {tmp}: no corpora/wordnet"),
     ("eval-output-under-file", "eval_seq2seq.py", "--output_json {blocker}/s.json", "--output_json {blocker}/s.json: cannot write there"),
     # pregenerate_training_data.py
     ("pg-corpus-latin1", "pregenerate_training_data.py", "--train_corpus {corpus_latin1}", "corpus_latin1.txt:3: not UTF-8 text (byte 0xe9"),
@@ -311,73 +310,6 @@ def _fill(text, inputs, out):
     return text.format(out=out, **inputs)
 
 
-def _run_forked(script_path, argv, timeout=300):
-    """Run `script_path` as __main__ in a child forked from this (warm) process; (exit code, stdout, stderr)."""
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            os.close(out_r)
-            os.close(err_r)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), line_buffering=True)
-            sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), line_buffering=True)
-            for name in list(sys.modules):  # the project's code is imported afresh, as in a new interpreter
-                if name.split(".")[0] in PROJECT_PACKAGES or name in ("conftest", "pregenerated_writer"):
-                    del sys.modules[name]
-            logging.root.handlers.clear()  # pytest's capture handlers; the script configures its own
-            sys.argv = [script_path, *argv]
-            sys.path[0] = os.path.dirname(script_path)
-            runpy.run_path(script_path, run_name="__main__")
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if isinstance(exc.code, str):
-                print(exc.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
-    os.close(out_w)
-    os.close(err_w)
-    # Read both pipes fully (small outputs), then reap the child.
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    chunks = {out_r: [], err_r: []}
-    for fd in chunks:
-        sel.register(fd, selectors.EVENT_READ)
-    open_fds = set(chunks)
-    import time
-
-    deadline = time.time() + timeout
-    while open_fds:
-        if time.time() > deadline:
-            os.kill(pid, 9)
-            break
-        for key, _ in sel.select(timeout=1.0):
-            data = os.read(key.fd, 65536)
-            if data:
-                chunks[key.fd].append(data)
-            else:
-                sel.unregister(key.fd)
-                open_fds.discard(key.fd)
-    os.close(out_r)
-    os.close(err_r)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return code, b"".join(chunks[out_r]).decode("utf-8", "backslashreplace"), \
-        b"".join(chunks[err_r]).decode("utf-8", "backslashreplace")
-
-
 @pytest.fixture(scope="module")
 def warm():
     """Import the heavy third-party libraries once; forked children inherit them."""
@@ -413,7 +345,7 @@ def test_bad_input(row, inputs, warm, tmp_path):
     argv = _fill(BASE[script], inputs, out).split() + _fill(extra, inputs, out).split()
     needle = _fill(needle, inputs, out)
     script_path = os.path.join(REPO, script)
-    code, stdout, stderr = _run_forked(script_path, argv)
+    code, stdout, stderr = run_forked(script_path, argv)
     _check(row_id, script, code, stdout, stderr, needle, out, late=row_id in LATE)
     if row_id in FRESH:
         shutil.rmtree(out, ignore_errors=True)

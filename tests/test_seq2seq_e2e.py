@@ -169,16 +169,18 @@ def test_bad_inputs(tmp_path, tiny_dir, xsum_run):
     empty.write_text("")
     with pytest.raises(UserError, match="no examples"):
         decode_seq2seq.main(base + ["--input_file", str(empty)])
+    good = tmp_path / "good.json"
+    good.write_text('{"src": "a b c"}\n')
     no_weights = tmp_path / "ckpt-7"
     os.makedirs(no_weights)
     shutil.copyfile(os.path.join(model, "config.json"), no_weights / "config.json")
     with pytest.raises(UserError, match="no model.safetensors"):
         decode_seq2seq.main(["--model_path", str(no_weights), "--tokenizer_name", model, "--input_file",
-                             str(no_src), "--split", "dev"])
+                             str(good), "--split", "dev", "--max_seq_length", "88", "--max_tgt_length", "8"])
     with pytest.raises(UserError, match="no masked-LM head"):  # a pre-trained encoder, not a fine-tuned model
-        decode_seq2seq.main(base[2:] + ["--model_path", tiny_dir, "--input_file", str(no_src)])
+        decode_seq2seq.main(base[2:] + ["--model_path", tiny_dir, "--input_file", str(good)])
     assert not os.path.exists(tmp_path / "o.txt")  # no partial output
-    with pytest.raises(UserError, match="exceeds the model's 128 position"):
+    with pytest.raises(UserError, match="exceeds the 128 positions"):
         run_seq2seq.main(_train_args(str(no_src), tmp_path / "x", tiny_dir, 1, 0)
                          + ["--max_source_seq_length", "120"])
     # the scripts turn it into one line and exit code 2

@@ -251,7 +251,8 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, tiny_qa_dir):
     bad = tmp_path / "train.json"
     bad.write_text("[1, 2, 3]")
     r = subprocess.run([sys.executable, os.path.join(REPO, "run_squad.py"), "--model_name_or_path", tiny_qa_dir,
-                        "--output_dir", str(tmp_path / "o"), "--do_train", "--train_file", str(bad)],
+                        "--output_dir", str(tmp_path / "o"), "--do_train", "--train_file", str(bad),
+                        "--max_seq_length", "64", "--doc_stride", "32"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "run_squad.py: error: --train_file" in r.stderr and "not a SQuAD JSON file" in r.stderr
