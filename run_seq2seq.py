@@ -17,7 +17,8 @@ import os
 
 from kdcore.cli import UserError, ensure_writable_dir, parse_args, run_main
 from kdcore.modeling import atomic_write_json, load_model, load_tokenizer, save_model
-from kdcore.runtime import Runtime, add_runtime_args, train
+from kdcore.runtime import Runtime, add_runtime_args
+from kdcore.trainer import train
 
 logger = logging.getLogger("kd.run_seq2seq")
 

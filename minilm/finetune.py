@@ -152,7 +152,7 @@ class ListDataset(torch.utils.data.Dataset):
 def train_task(rt, args, model: nn.Module, items: list[dict], tokenizer):
     """Fine-tune an HF task model on `items` (dicts of input_ids [, token_type_ids] and labels) with the shared
     runtime; checkpoints and the final model are HF folders with the tokenizer."""
-    from kdcore.runtime import train
+    from kdcore.trainer import train
 
     result = train(
         rt, args, TaskObjective(model), ListDataset(items), lambda batch: pad_collate(batch, tokenizer.pad_token_id),

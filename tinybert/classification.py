@@ -242,7 +242,9 @@ def write_results(result: dict, output_dir: str, name: str = "eval_results.json"
 def run_glue(args) -> dict:
     """Plain fine-tuning / evaluation / prediction (run_glue.py)."""
     from kdcore.modeling import load_tokenizer
-    from kdcore.runtime import Runtime, list_checkpoints, train
+    from kdcore.checkpoint import list_checkpoints
+    from kdcore.runtime import Runtime
+    from kdcore.trainer import train
     from tinybert.glue import get_task
 
     task = get_task(args.task_name)
