@@ -112,7 +112,7 @@ class JsonlLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(os.path.join(output_dir, "runs"))
-            except Exception:  # tensorboard not installed
+            except ImportError:  # tensorboard is declared in requirements.txt; a bare install may still lack it
                 self.tb = None
 
     def log(self, record: dict) -> None:
