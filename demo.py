@@ -10,7 +10,7 @@ import argparse
 import os
 
 from kdcore.cli import parse_args, run_main
-from kdcore.demo import SCALES, run_demo
+from pipelines.demo import SCALES, run_demo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -53,7 +53,7 @@ def main(argv=None):
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
     ensure_writable_dir(args.output_dir)
-    from tinybert.pregenerate import pregenerate
+    from tinybert.masked_lm_instances import pregenerate
 
     counts = pregenerate(args, tokenizer)
     for epoch, count in enumerate(counts):

@@ -1,4 +1,4 @@
-"""Corpus pregeneration for TinyBERT's general distillation (`pregenerate_training_data.py`).
+"""Masked-LM training instances from a corpus (`pregenerate_training_data.py`; read back by kdcore/pregenerated_data.py).
 
 Input: documents separated by blank lines. Either one sentence per line (the original's format), or raw text
 (paragraph lines, or hard-wrapped lines) which is split into sentences with a small rule-based splitter.
