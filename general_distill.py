@@ -7,15 +7,10 @@
 METHODS is the table of methods: each row is one `kdcore.distill.DistillMethod` (its options and its objective),
 defined in its own file. A new method = one file + one row. The driver is `kdcore.distill.distill`.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from kdcore import distill  # noqa: E402
-from kdcore.cli import parse_args, run_main  # noqa: E402
-from minilm import v1 as minilm_v1, v2 as minilm_v2  # noqa: E402
-from tinybert import intermediate as tinybert  # noqa: E402
+from kdcore import distill
+from kdcore.cli import parse_args, run_main
+from minilm import v1 as minilm_v1, v2 as minilm_v2
+from tinybert import intermediate as tinybert
 
 METHODS = {m.name: m for m in (tinybert.METHOD, minilm_v1.METHOD, minilm_v2.METHOD)}
 

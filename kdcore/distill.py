@@ -22,7 +22,7 @@ from typing import Callable
 from torch import nn
 
 from .cli import UserError
-from .families import max_input_positions
+from .families import max_input_positions, uses_token_type_ids
 from .modeling import build_student, load_teacher, load_tokenizer
 from .objective import DistillObjective
 from .pregenerated_data import PregeneratedCollator, PregeneratedTrainingData
@@ -164,7 +164,7 @@ def distill(args, methods: dict[str, DistillMethod]):
         max_positions=max_input_positions(teacher.config),
     )
     collate = PregeneratedCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                                   use_token_type_ids=getattr(teacher.config, "type_vocab_size", 2) > 1)
+                                   use_token_type_ids=uses_token_type_ids(teacher.config))
     if rt.is_main:
         n_t = sum(p.numel() for p in teacher.parameters())
         n_s = sum(p.numel() for p in student.parameters())

@@ -20,7 +20,8 @@ from torch import nn
 
 from .batching import encoder_inputs
 from .cli import UserError
-from .modeling import SelfAttentionCapture, encoder_layers, freeze, save_model
+from .families import family_of, get_path
+from .modeling import SelfAttentionCapture, bare_model, encoder_layers, freeze, save_model
 
 
 class DistillObjective(nn.Module):
@@ -79,16 +80,19 @@ def resolve_teacher_layer(teacher_layer: int | None, num_layers: int, argname: s
 class SelfAttentionObjective(DistillObjective):
     """Base of objectives on the Q/K/V projections of one teacher layer and of the student's last layer
     (MiniLM v1 and v2). Teacher layers above the distilled one are dropped; in the student, only the Q/K/V
-    projections of the last layer (and what is below) are reached, so its pooler and, in that layer, everything
-    after the projections are frozen."""
+    projections of the last layer (and what is below) are reached, so what runs after them (in that layer, and
+    the pooler / final norm) is frozen; the model-family table (kdcore.families) says which modules those are."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, teacher_layer: int | None = None):
         super().__init__(teacher, student)
         self.teacher_layer = resolve_teacher_layer(teacher_layer, len(encoder_layers(teacher)))
         self.student_layer = len(encoder_layers(student)) - 1
         self.drop_teacher_layers_above(self.teacher_layer)
+        family = family_of(student.config)
         last = encoder_layers(student)[self.student_layer]
-        self.freeze_unreached(getattr(student, "pooler", None), last.attention.output, last.intermediate, last.output)
+        base = bare_model(student)
+        self.freeze_unreached(*(get_path(last, path) for path in family.after_qkv),
+                              *(getattr(base, name, None) for name in family.after_layers))
 
     def capture_qkv(self, input_ids, attention_mask, token_type_ids=None):
         """Per-head (B, H, T, d) query/key/value of the teacher layer (no grad) and of the student's last layer."""

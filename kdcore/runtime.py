@@ -17,7 +17,6 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from .cli import UserError
 
@@ -136,9 +135,6 @@ class Runtime:
     def barrier(self):
         if self.distributed:
             dist.barrier()
-
-    def to_device(self, module: nn.Module) -> nn.Module:
-        return module.to(self.device)
 
     def batch_to_device(self, batch):
         if isinstance(batch, dict):

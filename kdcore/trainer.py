@@ -187,13 +187,13 @@ class Trainer:
     def __init__(self, rt: Runtime, args, model: nn.Module, train_dataset, collate_fn: Callable, batch_size: int,
                  num_train_epochs: float, save_model_fn: Callable[[nn.Module, str], None],
                  evaluate_fn: Callable[[nn.Module, int], dict] | None = None, eval_steps: int = 0,
-                 metric_for_best: str | None = None, greater_is_better: bool = True,
+                 metric_for_best: str | None = None,
                  checkpoint_prefix: str = "checkpoint", shuffle: bool = True):
         ensure_writable_dir(args.output_dir)
         self.rt, self.args = rt, args
         self.dataset, self.collate_fn, self.shuffle = train_dataset, collate_fn, shuffle
         self.save_model_fn, self.evaluate_fn, self.eval_steps = save_model_fn, evaluate_fn, eval_steps
-        self.metric_for_best, self.greater_is_better = metric_for_best, greater_is_better
+        self.metric_for_best = metric_for_best  # higher is better (every task metric here is)
         self.prefix = checkpoint_prefix
         self.plan = plan(args, len(train_dataset), rt.world_size, batch_size, num_train_epochs)
 
@@ -306,9 +306,7 @@ class Trainer:
                 if self.metric_for_best not in metrics:
                     raise UserError(f"evaluation returned no {self.metric_for_best!r} (got {sorted(metrics)})")
                 value = metrics[self.metric_for_best]
-                better = state.best_metric is None or (
-                    value > state.best_metric if self.greater_is_better else value < state.best_metric)
-                if better:
+                if state.best_metric is None or value > state.best_metric:
                     state.best_metric = value
                     self.save_model_fn(unwrapped, self.args.output_dir)
                     logger.info("step %d: new best %s = %.4f, saved to %s", state.global_step, self.metric_for_best,
@@ -371,7 +369,7 @@ class Trainer:
 
 def train(rt: Runtime, args, model: nn.Module, train_dataset, collate_fn: Callable, batch_size: int,
           num_train_epochs: float, save_model_fn: Callable[[nn.Module, str], None], **options) -> TrainResult:
-    """`Trainer(...).run()`; `options`: evaluate_fn, eval_steps, metric_for_best, greater_is_better,
-    checkpoint_prefix, shuffle (see Trainer)."""
+    """`Trainer(...).run()`; `options`: evaluate_fn, eval_steps, metric_for_best, checkpoint_prefix, shuffle
+    (see Trainer)."""
     return Trainer(rt, args, model, train_dataset, collate_fn, batch_size, num_train_epochs, save_model_fn,
                    **options).run()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from kdcore.cli import UserError
 from kdcore.distill import TEACHER_LAYER, DistillMethod, option
+from kdcore.families import require_qk_attention
 from kdcore.objective import SelfAttentionObjective, term_weights, weighted_loss
 
 from .losses import attention_distribution_kl, value_relation_kl
@@ -21,6 +22,8 @@ class MiniLMv1Objective(SelfAttentionObjective):
     TERMS = ("attention", "value_relation")
 
     def __init__(self, teacher, student, teacher_layer: int | None = None, weights: dict[str, float] | None = None):
+        for model in (teacher, student):
+            require_qk_attention(model.config, "minilm")
         super().__init__(teacher, student, teacher_layer)
         t_heads, s_heads = teacher.config.num_attention_heads, student.config.num_attention_heads
         if t_heads != s_heads:

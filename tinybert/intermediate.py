@@ -21,6 +21,7 @@ from torch import nn
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
 from kdcore.distill import DistillMethod
+from kdcore.families import require_qk_attention
 from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers
 from kdcore.objective import DistillObjective
 
@@ -36,6 +37,8 @@ class TinyBertIntermediateObjective(DistillObjective):
     TERMS = ("embedding", "hidden", "attention")
 
     def __init__(self, teacher: nn.Module, student: nn.Module):
+        for model in (teacher, student):
+            require_qk_attention(model.config, "tinybert")
         super().__init__(teacher, student)
         self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model)  # student i <- these
         self.fit_dense = build_fit_dense(student.config, teacher.config)

@@ -23,6 +23,7 @@ from torch import nn
 
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.finetune import predict_batches
 from kdcore.modeling import build_student, load_teacher
 from kdcore.objective import DistillObjective
 from tinybert.classification import (
@@ -59,17 +60,17 @@ class PredictionDistillObjective(DistillObjective):
         return {"loss": loss, "cls_loss": loss.detach()}
 
 
-@torch.no_grad()
 def mean_distill_losses(objective: DistillObjective, dataset: GlueDataset, batch_size: int, device) -> dict:
     """The stage's loss terms averaged over a (dev) set, example-weighted."""
+    def step(objective, batch):
+        n = len(batch["input_ids"])
+        return n, {k: float(v) * n for k, v in objective(**batch).items()}
+
     totals, count = {}, 0
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-        batch = {k: v.to(device) for k, v in dataset.collate(items).items()}
-        out = objective(**batch)
-        for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v) * len(items)
-        count += len(items)
+    for n, sums in predict_batches(objective, dataset, dataset.collate, batch_size, device, step):
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + v
+        count += n
     return {f"distill_{k}": v / max(1, count) for k, v in totals.items()}
 
 
