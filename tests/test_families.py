@@ -93,6 +93,34 @@ def test_minilmv2_loss_matches_slow_reference(tmp_path, family):
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_distilbert_attention_kl_equals_kl_of_its_eager_attention_probabilities(tmp_path):
+    """DistilBERT's attention is softmax(QK^T/sqrt(d)) of its q_lin/k_lin outputs, so MiniLM v1 (and TinyBERT)
+    accept it: the attention term equals the KL of the probabilities the model itself reports."""
+    teacher = _teacher("distilbert")
+    student = _student(tmp_path, teacher)
+    student.config.n_heads = 4  # MiniLM v1 needs the teacher's head count: rebuild with 4 heads
+    torch.manual_seed(1)
+    student = AutoModel.from_config(student.config)
+    lengths = (9, 5, 7)
+    ids = torch.randint(3, 120, (3, 9), generator=torch.Generator().manual_seed(3))
+    mask = (torch.arange(9)[None] < torch.tensor(lengths)[:, None]).long()
+    eager = {}
+    for name, model in (("t", _teacher("distilbert")), ("s", student)):
+        copy = AutoModel.from_config(model.config, attn_implementation="eager").eval()
+        copy.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            eager[name] = copy(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[-1].double()
+    objective = MiniLMv1Objective(teacher, student).eval()
+    with torch.no_grad():
+        out = objective(input_ids=ids, attention_mask=mask)
+    want = 0.0
+    for b, n in enumerate(lengths):
+        pt, ps = eager["t"][b, :, :n, :n], eager["s"][b, :, :n, :n]
+        want += float((pt * (pt.log() - ps.log())).sum())
+    assert out["attention"].item() == pytest.approx(want / (4 * sum(lengths)), rel=1e-4)
+    TinyBertIntermediateObjective(_teacher("distilbert"), student)  # accepted too (4 layers onto 2)
+
+
 @pytest.mark.parametrize("family", ["deberta-v2", "modernbert"])
 def test_methods_that_need_attention_scores_refuse_in_one_line(tmp_path, family):
     teacher = _teacher(family)
