@@ -252,3 +252,21 @@ def test_bad_training_rows_stop_before_training(tmp_path, tiny_bert_dir, rows, m
     with pytest.raises(UserError, match="unknown task 'sst5'"):
         task_distill.main(["--teacher_model", tiny_bert_dir, "--student_model", tiny_bert_dir, "--task_name", "sst5",
                            "--data_dir", str(data), "--output_dir", str(tmp_path / "o")])
+
+
+def test_run_glue_eval_all_checkpoints_scores_each_checkpoint_beside_it(tmp_path, shared_data, tiny_bert_dir):
+    data = tmp_path / "SST-2"
+    data.mkdir()
+    with open(os.path.join(shared_data, "glue", "SST-2", "dev.tsv")) as f:
+        dev = f.read().splitlines()[:17]
+    (data / "train.tsv").write_text("\n".join(dev) + "\n")
+    (data / "dev.tsv").write_text("\n".join(dev) + "\n")
+    out = tmp_path / "out"
+    final = run_glue.main(["--model_name_or_path", tiny_bert_dir, "--task_name", "sst-2", "--data_dir", str(data),
+                           "--do_train", "--do_eval", "--eval_all_checkpoints", "--output_dir", str(out),
+                           "--per_gpu_train_batch_size", "8", "--num_train_epochs", "2", "--save_steps", "2"])
+    scored = sorted(p.name for p in out.iterdir() if (p / "eval_results.json").is_file())
+    assert scored == ["checkpoint-2", "checkpoint-4"]  # 16 examples / 8 = 2 steps an epoch, 2 epochs
+    with open(out / "checkpoint-4" / "eval_results.json") as f:
+        last = json.load(f)
+    assert last["acc"] == pytest.approx(final["acc"])  # the last checkpoint is the final model

@@ -216,8 +216,7 @@ def write_results(result: dict, output_dir: str, name: str = "eval_results.json"
 
 def run_glue(args) -> dict:
     """Plain fine-tuning / evaluation / prediction (run_glue.py)."""
-    from kdcore.checkpoint import list_checkpoints
-    from kdcore.finetune import train_task
+    from kdcore.finetune import checkpoints_to_evaluate, train_task
     from kdcore.modeling import load_tokenizer
     from kdcore.runtime import Runtime
     from tinybert.glue import get_task
@@ -262,8 +261,10 @@ def run_glue(args) -> dict:
         if args.do_eval:
             final = evaluate_all(model, sets, task, args.per_gpu_eval_batch_size, rt.device)
             write_results(final, args.output_dir)
-            if args.eval_all_checkpoints:
-                for ckpt in list_checkpoints(args.output_dir):
+            if args.eval_all_checkpoints:  # each checkpoint's results beside it; the final model's are above
+                for name, ckpt in checkpoints_to_evaluate(args.output_dir, include_checkpoints=True):
+                    if name == "final":
+                        continue
                     m = load_classifier(ckpt, task, labels, "--output_dir", tokenizer=tokenizer).to(rt.device)
                     write_results(evaluate_all(m, sets, task, args.per_gpu_eval_batch_size, rt.device), ckpt)
         if args.do_predict:
