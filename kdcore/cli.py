@@ -213,15 +213,15 @@ def _install_range_rules(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # --config: values go through the same conversion (type, range, choices) as the command line
 # ---------------------------------------------------------------------------------------------------------------
+_TRUE, _FALSE = ("1", "true", "yes", "y", "on"), ("0", "false", "no", "n", "off")
+
+
 def _config_value(action: argparse.Action, key: str, value, where: str):
     """Convert one config value exactly as argparse converts the command line; UserError naming file and key."""
     option = action.option_strings[0] if action.option_strings else key
     if action.nargs == 0:  # a flag: store_true / store_false / store_const
-        if isinstance(value, str):
-            try:
-                value = str2bool(value)
-            except argparse.ArgumentTypeError:
-                raise UserError(f"{where}: {key} ({option}) is a flag: expected true or false, got {value!r}")
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:  # YAML/JSON users quote booleans
+            value = value.strip().lower() in _TRUE
         if not isinstance(value, bool):
             raise UserError(f"{where}: {key} ({option}) is a flag: expected true or false, got {value!r}")
         if isinstance(action.const, bool):
@@ -241,7 +241,7 @@ def _config_value(action: argparse.Action, key: str, value, where: str):
     for item in items:
         if isinstance(item, (list, dict)):
             raise UserError(f"{where}: {key} ({option}): nested value {item!r}")
-        if isinstance(item, bool) and action.type not in (None, str, str2bool):
+        if isinstance(item, bool) and action.type not in (None, str):
             raise UserError(f"{where}: {key} ({option}): expected a number, got {str(item).lower()}")
         text = item if isinstance(item, str) else (str(item).lower() if isinstance(item, bool) else repr(item) if isinstance(item, float) else str(item))
         converted = text
@@ -338,13 +338,3 @@ def read_json_file(path: str, argname: str, what: str = "JSON file"):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{argname} {path}: not a {what} ({err})")
-
-
-def str2bool(value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value.lower() in ("1", "true", "yes", "y"):
-        return True
-    if value.lower() in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")

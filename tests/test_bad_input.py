@@ -216,7 +216,7 @@ ROWS = [
     ("glue-batch-zero", "run_glue.py", "--per_gpu_train_batch_size 0", "argument --per_gpu_train_batch_size"),
     ("glue-epochs-zero", "run_glue.py", "--num_train_epochs 0", "argument --num_train_epochs"),
     ("glue-beta-one", "run_glue.py", "--adam_beta1 1", "argument --adam_beta1: must be in [0, 1)"),
-    ("glue-model-type", "run_glue.py", "--model_type gpt2", "--model_type gpt2"),
+    ("glue-model-type", "run_glue.py", "--model_type gpt2", "argument --model_type: invalid choice: 'gpt2'"),
     ("glue-seq-length-above-positions", "run_glue.py", "--max_seq_length 600", "--max_seq_length 600 exceeds the 512 positions"),
     ("glue-config-unknown-key", "run_glue.py", "--config {mask_way_yaml}", "unknown argument name(s): mask_way"),
     ("glue-tsv-latin1", "run_glue.py", "--data_dir {glue_latin1}", "train.tsv:10: not UTF-8 text"),

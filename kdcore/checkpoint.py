@@ -1,0 +1,324 @@
+"""Checkpoints of a training run: save, verify, resume, prune, list.
+
+A checkpoint `OUTPUT_DIR/<prefix>-<step>/` holds everything needed to continue exactly:
+
+    <the model folder>               what `save_model_fn` writes (a save_pretrained folder, extras beside it)
+    objective_state.safetensors      every trainable tensor of the objective (never a frozen teacher)
+    optimizer.pt                     the optimizer state (read back with weights_only=True)
+    rng_state.safetensors            torch / CUDA generator states of every rank
+    training_state.json              step, epoch, data position, best metric, eval history, world size,
+                                     scheduler, grad scaler, python / numpy RNG states
+
+It is written into a temporary folder and renamed into place, so a crash leaves the previous checkpoint or none,
+never half of one; a folder without `training_state.json` is not a checkpoint. `training_state.json` is written
+last and lists the size and SHA-256 of every other file, so damage after the save (a truncated `optimizer.pt`, a
+file lost in a copy) is found by `verify_checkpoint` before a resume, which then falls back to the newest good
+checkpoint. Temporary folders and files that a killed process leaves behind are swept by `sweep_orphans` (and a
+checkpoint caught between the two renames of a replacement is put back). A run's identity (the arguments that
+define its model, data and optimisation) is stored too: auto-resume never continues a different run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .cli import UserError
+from .modeling import atomic_dir
+
+TRAINING_STATE = "training_state.json"
+logger = logging.getLogger("kd.checkpoint")
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint folder that cannot be resumed from (incomplete, truncated or altered files)."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def trainable_state_dict(model: nn.Module) -> dict:
+    """The objective's state, ready for safetensors (a DistillObjective's teacher is not in it, see kdcore.objective).
+
+    A tensor shared under two names (an LM decoder tied to the word embeddings) is cloned for its second name:
+    safetensors refuses shared storage, and loading copies the same values into the one tied parameter twice.
+    """
+    state, seen = {}, set()
+    for k, v in unwrap(model).state_dict().items():
+        ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        state[k] = v.detach().clone() if ident in seen else v
+        seen.add(ident)
+    return state
+
+
+def _rng_state() -> dict:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return state
+
+
+def _set_rng_state(state: dict, torch_states: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(torch_states["torch"])
+    if torch.cuda.is_available():
+        cuda = [torch_states[k] for k in sorted(torch_states) if k.startswith("cuda_")]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def checkpoint_step(path: str, prefix: str) -> int | None:
+    m = re.fullmatch(re.escape(prefix) + r"-(\d+)", os.path.basename(os.path.normpath(path)))
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(output_dir: str, prefix: str = "checkpoint") -> list[str]:
+    """Complete checkpoints (those with a training state file), oldest first."""
+    found = []
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    for path in (os.path.join(output_dir, n) for n in names):  # listdir, never glob: the path may hold [ or *
+        step = checkpoint_step(path, prefix)
+        if step is not None and os.path.isfile(os.path.join(path, TRAINING_STATE)):
+            found.append((step, path))
+    return [p for _, p in sorted(found)]
+
+
+@dataclass
+class TrainState:
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    best_metric: float | None = None
+    eval_history: list = field(default_factory=list)
+
+
+# Arguments that define a run: its model, data and optimisation. A checkpoint made with other values belongs to
+# another run, and auto-resume refuses it rather than silently continuing it with these arguments.
+RUN_IDENTITY_ARGS = (
+    "teacher_model", "student_model", "model_name_or_path", "config_name", "tokenizer_name", "pregenerated_data",
+    "train_file", "data_dir", "task_name", "language", "train_language", "distill_method", "pred_distill",
+    "aug_train", "do_lower_case", "train_batch_size", "per_gpu_train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "weight_decay", "adam_epsilon", "adam_beta1", "adam_beta2", "warmup_proportion",
+    "num_warmup_steps", "lr_schedule", "seed", "max_seq_length", "max_source_seq_length", "max_target_seq_length",
+    "num_relation_heads", "teacher_layer", "temperature", "max_train_examples", "fp16", "bf16",
+)
+
+
+def run_identity(args) -> dict:
+    return {k: getattr(args, k) for k in RUN_IDENTITY_ARGS if hasattr(args, k)}
+
+
+def _file_digest(path: str) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def _manifest(folder: str) -> dict:
+    """Size and SHA-256 of every file in `folder` (relative paths)."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = _file_digest(path)
+    return out
+
+
+def save_checkpoint(path, rt, model, optimizer, scheduler, state: TrainState, save_model_fn, rank_rng: list[dict],
+                    identity: dict | None = None):
+    """Write everything needed to continue exactly, into a temporary folder renamed to `path` at the end."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(path) as tmp:
+        save_model_fn(unwrap(model), tmp)
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable_state_dict(model).items()},
+                  os.path.join(tmp, "objective_state.safetensors"))
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        # RNG states of every rank (torch generator states are uint8 tensors; the rest is JSON).
+        tensors = {}
+        for r, rng in enumerate(rank_rng):
+            for k, v in rng["torch"].items():
+                tensors[f"rank{r}.{k}"] = v
+        save_file(tensors, os.path.join(tmp, "rng_state.safetensors"))
+        training_state = {
+            "global_step": state.global_step,
+            "epoch": state.epoch,
+            "batch_in_epoch": state.batch_in_epoch,
+            "best_metric": state.best_metric,
+            "eval_history": state.eval_history,
+            "world_size": rt.world_size,
+            "scheduler": scheduler.state_dict(),
+            "scaler": rt.scaler.state_dict() if rt.scaler is not None else None,
+            "rng": [rng["other"] for rng in rank_rng],
+            "run": identity or {},
+            "files": _manifest(tmp),  # written last: what verify_checkpoint checks
+        }
+        with open(os.path.join(tmp, TRAINING_STATE), "w") as f:
+            json.dump(training_state, f)
+
+
+def gather_rng(rt) -> list[dict]:
+    mine = {"torch": {"torch": torch.get_rng_state()}, "other": _rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            mine["torch"][f"cuda_{i}"] = s
+    if not rt.distributed:
+        return [mine]
+    gathered = [None] * rt.world_size
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+CHECKPOINT_FILES = ("objective_state.safetensors", "optimizer.pt", "rng_state.safetensors")
+
+
+def verify_checkpoint(path: str, argname: str = "--resume_from_checkpoint") -> dict:
+    """The training state of a complete, undamaged checkpoint; `DamagedCheckpoint` naming what is wrong otherwise.
+
+    Every file listed in the training state must have its recorded size and SHA-256 (checkpoints written before
+    the list existed are checked for their files only)."""
+    try:
+        with open(os.path.join(path, TRAINING_STATE), encoding="utf-8") as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict) or not isinstance(saved.get("global_step"), int):
+            raise ValueError("no global_step")
+    except (OSError, ValueError) as err:
+        raise DamagedCheckpoint(f"{argname} {path}: not a complete checkpoint ({TRAINING_STATE}: {err})")
+    missing = [name for name in CHECKPOINT_FILES if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise DamagedCheckpoint(f"{argname} {path}: not a complete checkpoint (no {', '.join(missing)})")
+    for name, want in (saved.get("files") or {}).items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            raise DamagedCheckpoint(f"{argname} {path}: damaged ({name} is missing)")
+        size = os.path.getsize(file)
+        if size != want["size"]:
+            raise DamagedCheckpoint(f"{argname} {path}: damaged ({name} has {size} bytes, {want['size']} were saved)")
+        if _file_digest(file)["sha256"] != want["sha256"]:
+            raise DamagedCheckpoint(f"{argname} {path}: damaged ({name} differs from what was saved)")
+    return saved
+
+
+def load_checkpoint(path, rt, model, optimizer, scheduler) -> TrainState:
+    """Restore model, optimizer, scheduler, scaler and this rank's RNG states; returns where training stood."""
+    from safetensors.torch import load_file
+
+    saved = verify_checkpoint(path)
+    if saved["world_size"] != rt.world_size:
+        raise UserError(
+            f"--resume_from_checkpoint {path}: saved with {saved['world_size']} processes, resuming with "
+            f"{rt.world_size}; exact resume needs the same world size"
+        )
+    objective = load_file(os.path.join(path, "objective_state.safetensors"))
+    missing, unexpected = unwrap(model).load_state_dict(objective, strict=False)
+    if missing or unexpected:
+        raise UserError(f"--resume_from_checkpoint {path}: checkpoint does not fit this model "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=rt.device, weights_only=True))
+    scheduler.load_state_dict(saved["scheduler"])
+    if rt.scaler is not None and saved["scaler"] is not None:
+        rt.scaler.load_state_dict(saved["scaler"])
+    tensors = load_file(os.path.join(path, "rng_state.safetensors"))
+    prefix = f"rank{rt.rank}."
+    _set_rng_state(saved["rng"][rt.rank], {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return TrainState(saved["global_step"], saved["epoch"], saved["batch_in_epoch"], saved["best_metric"],
+                      saved.get("eval_history", []))
+
+
+def prune_checkpoints(output_dir: str, prefix: str, limit: int | None) -> None:
+    """Delete all but the newest `limit` checkpoints (no limit: keep all)."""
+    if not limit or limit <= 0:
+        return
+    for old in list_checkpoints(output_dir, prefix)[:-limit]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_identity(path: str, saved: dict, args) -> None:
+    stored, now = saved.get("run") or {}, run_identity(args)
+    differ = [k for k in sorted(set(stored) & set(now)) if stored[k] != now[k]]
+    if differ:
+        k = differ[0]
+        raise UserError(
+            f"--output_dir {args.output_dir}: {os.path.basename(path)} belongs to a different run (--{k} "
+            f"{stored[k]} there, {now[k]} now{f', and {len(differ) - 1} more' if len(differ) > 1 else ''}); rerun "
+            "with the same arguments, use another --output_dir, or pass --resume_from_checkpoint none to start over")
+
+
+def resolve_resume(args, prefix: str) -> str | None:
+    """The checkpoint --resume_from_checkpoint asks for: auto (the newest good one in --output_dir, if any), a
+    path, or none. With auto a damaged checkpoint is skipped, saying so, for the next older one; a checkpoint of a
+    different run is an error. A path given explicitly must itself be good."""
+    choice = getattr(args, "resume_from_checkpoint", "auto")
+    if choice in (None, "", "none", "None"):
+        return None
+    if choice != "auto":
+        if not os.path.isfile(os.path.join(choice, TRAINING_STATE)):
+            raise UserError(f"--resume_from_checkpoint {choice}: no {TRAINING_STATE} there")
+        verify_checkpoint(choice)
+        return choice
+    skipped = []
+    for path in reversed(list_checkpoints(args.output_dir, prefix)):
+        try:
+            saved = verify_checkpoint(path, argname="checkpoint")
+        except DamagedCheckpoint as err:
+            skipped.append(path)
+            logger.warning("%s; skipping it", err)
+            continue
+        _check_identity(path, saved, args)
+        if skipped:
+            logger.warning("resuming from %s, the newest good checkpoint (damaged: %s)", os.path.basename(path),
+                           ", ".join(os.path.basename(p) for p in skipped))
+        return path
+    if skipped:
+        logger.warning("no good checkpoint in %s: starting from step 0", args.output_dir)
+    return None
+
+
+# Names that only this toolkit's atomic writers create: `atomic_dir` (.NAME.tmp-XXXX / .NAME.old-XXXX folders),
+# `save_model` (.save-tmp-XXXX) and `atomic_open` (.NAME.XXXX.tmp files).
+_ORPHAN = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[\w]+|\.save-tmp-[\w]+|\..+\.tmp")
+
+
+def sweep_orphans(output_dir: str) -> list[str]:
+    """Remove what a killed process left in `output_dir` mid-write; returns what was removed.
+
+    A checkpoint that was being replaced (renamed into `.NAME.old-XXXX/x` just before its successor took its
+    place) is first put back when nothing took its place."""
+    removed = []
+    for entry in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []:
+        m = _ORPHAN.fullmatch(entry)
+        if not m:
+            continue
+        path = os.path.join(output_dir, entry)
+        if m.group("kind") == "old":
+            target = os.path.join(output_dir, m.group("name"))
+            if not os.path.exists(target) and os.path.isdir(os.path.join(path, "x")):
+                os.rename(os.path.join(path, "x"), target)
+                logger.warning("restored %s from an interrupted replacement", target)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+        removed.append(entry)
+    if removed:
+        logger.info("removed %d temporary item(s) left by an interrupted run in %s", len(removed), output_dir)
+    return removed
