@@ -19,7 +19,6 @@ define its model, data and optimisation) is stored too: auto-resume never contin
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .cli import UserError
+from .files import sha256_file
 from .modeling import atomic_dir
 
 TRAINING_STATE = "training_state.json"
@@ -126,11 +126,7 @@ def run_identity(args) -> dict:
 
 
 def _file_digest(path: str) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return {"size": os.path.getsize(path), "sha256": sha256_file(path)}
 
 
 def _manifest(folder: str) -> dict:
@@ -213,7 +209,7 @@ def verify_checkpoint(path: str, argname: str = "--resume_from_checkpoint") -> d
         size = os.path.getsize(file)
         if size != want["size"]:
             raise DamagedCheckpoint(f"{argname} {path}: damaged ({name} has {size} bytes, {want['size']} were saved)")
-        if _file_digest(file)["sha256"] != want["sha256"]:
+        if sha256_file(file) != want["sha256"]:
             raise DamagedCheckpoint(f"{argname} {path}: damaged ({name} differs from what was saved)")
     return saved
 

@@ -48,15 +48,20 @@ def read_text_lines(path: str, argname: str) -> list[str]:
     return [line for _, line in iter_text_lines(path, argname)]
 
 
-def file_fingerprint(path: str) -> dict[str, str]:
-    """Identity of an input file for cache keys: absolute path, size, mtime and SHA-256 of its bytes."""
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: str) -> dict[str, str]:
+    """Identity of an input file for cache keys: absolute path, size, mtime and SHA-256 of its bytes."""
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": str(st.st_size), "mtime_ns": str(st.st_mtime_ns),
-            "sha256": digest.hexdigest()}
+            "sha256": sha256_file(path)}
 
 
 def _nearest_existing(path: str) -> str:
