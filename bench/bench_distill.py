@@ -23,8 +23,13 @@ h = hidden size, L = layers:
 
 For MiniLM the student's last layer after Q/K/V gets no gradient, so F_s slightly over-counts its backward.
 
+Variants (--variants, before/after comparisons in one interleaved run): `current` is the toolkit as it is;
+`unfused_kl` swaps MiniLM's chunked KL with analytic gradient (minilm.losses.pairwise_row_kl) for the unchunked
+autograd reference (masked_row_kl over scaled_dot_logits), i.e. the losses as they were before issue 14.
+
     python bench/bench_distill.py [--full | --smoke] [--methods minilmv2 tinybert minilm] [--precisions fp32 bf16]
-                                  [--batch_size 32] [--seq_len 128] [--repeat N] [--out bench/results/distill.json]
+                                  [--variants current unfused_kl] [--batch_size 32] [--seq_len 128] [--repeat N]
+                                  [--out bench/results/distill.json]
 """
 import contextlib
 import os
@@ -86,7 +91,27 @@ def build_objective(method: str, teacher, sizes: dict, seq_len: int):
     return MiniLMObjective(teacher, student, method=method, num_relation_heads=sizes["relation_heads"])
 
 
-def make_step(objective, batch, amp_dtype, device):
+def unfused_pairwise_row_kl(teacher_a, teacher_b, student_a, student_b, attention_mask, max_chunk_elements=None):
+    """The `unfused_kl` variant: the reference formula with autograd, every (B, H, T, T) tensor whole."""
+    from minilm.losses import masked_row_kl, scaled_dot_logits
+
+    return masked_row_kl(scaled_dot_logits(teacher_a, teacher_b, attention_mask),
+                         scaled_dot_logits(student_a, student_b, attention_mask), attention_mask)
+
+
+def variant_context(variant: str):
+    """A context manager that puts the toolkit in the state `variant` names for the duration of one step."""
+    if variant == "current":
+        return contextlib.nullcontext()
+    if variant == "unfused_kl":
+        import minilm.losses
+        from unittest import mock
+
+        return mock.patch.object(minilm.losses, "pairwise_row_kl", unfused_pairwise_row_kl)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def make_step(objective, batch, amp_dtype, device, variant: str = "current"):
     """One optimizer step as kdcore.runtime.train does it (AdamW without decay on 1-D weights, clip 1.0)."""
     args = SimpleNamespace(learning_rate=1e-4, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
     optimizer = build_optimizer(objective, args)
@@ -95,9 +120,10 @@ def make_step(objective, batch, amp_dtype, device):
 
     def step():
         ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-        with ctx:
-            losses = objective(**batch)
-        losses["loss"].backward()
+        with variant_context(variant):
+            with ctx:
+                losses = objective(**batch)
+            losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -113,6 +139,8 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", choices=["minilmv2", "tinybert", "minilm"],
                    default=["minilmv2", "tinybert", "minilm"])
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--variants", nargs="+", choices=["current", "unfused_kl"], default=["current"],
+                   help="toolkit states to compare in the same interleaved rounds (module docstring)")
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seq_len", type=int, default=None)
     p.add_argument("--repeat", type=int, default=None, help="timed steps per config (interleaved rounds)")
@@ -143,36 +171,44 @@ def main(argv=None):
         objective = build_objective(method, teacher, sizes, args.seq_len).to(device).train()
         flops = step_flops(objective, method, tokens, args.seq_len)
         for prec in args.precisions:
-            step, last = make_step(objective, batch, dtypes[prec], device)
-            steps[method, prec] = (step, flops, last)
+            for variant in args.variants:
+                if variant == "unfused_kl" and method == "tinybert":
+                    continue  # TinyBERT has no KL term
+                step, last = make_step(objective, batch, dtypes[prec], device, variant)
+                steps[method, prec, variant] = (step, flops, last)
     # Interleaved rounds (a, b, c, a, b, c, ...), and every step is paired with a yardstick matmul measured just
     # before it: a busy moment of a shared machine then hits a step and its yardstick alike.
     rounds = {key: [] for key in steps}
     for r in range(args.warmup + args.repeat):
-        for (method, prec), (step, _, _) in steps.items():
+        for (method, prec, variant), (step, _, _) in steps.items():
             rate = matmul_flops_per_s(device, dtypes[prec] or torch.float32, n=args.matmul_n, repeat=3)
             seconds = timed(step, repeat=1, warmup=0)
             if r >= args.warmup:
-                rounds[method, prec].append({"step_s": seconds, "matmul_GFLOP_s": rate / 1e9})
+                rounds[method, prec, variant].append({"step_s": seconds, "matmul_GFLOP_s": rate / 1e9})
 
     rows = []
-    for (method, prec), (_, flops, last) in steps.items():
-        rs = rounds[method, prec]
+    for (method, prec, variant), (_, flops, last) in steps.items():
+        rs = rounds[method, prec, variant]
         s = median([x["step_s"] for x in rs])
-        rows.append({"method": method, "precision": prec, "step_s": s, "tokens_per_s": tokens / s,
+        rows.append({"method": method, "precision": prec, "variant": variant, "step_s": s, "tokens_per_s": tokens / s,
                      "model_GFLOP_per_step": flops / 1e9, "achieved_GFLOP_s": flops / s / 1e9,
                      "matmul_GFLOP_s": median([x["matmul_GFLOP_s"] for x in rs]),
                      "pct_of_matmul": median([100 * flops / x["step_s"] / 1e9 / x["matmul_GFLOP_s"] for x in rs]),
                      "loss": last["loss"], "rounds": rs})
+    first = {(r["method"], r["precision"]): r["step_s"] for r in reversed(rows)}  # the first variant's step time
+    for r in rows:
+        r["time_vs_first_variant"] = r["step_s"] / first[r["method"], r["precision"]]
     t, s = sizes["teacher"], sizes["student"]
     report(f"General distillation step, teacher {t[0]}x{t[1]} -> student {s[0]}x{s[1]}, batch {args.batch_size} x "
            f"{args.seq_len} ({device.type}, {torch.get_num_threads()} threads)", rows,
-           ["method", "precision", "step_s", "tokens_per_s", "achieved_GFLOP_s", "matmul_GFLOP_s", "pct_of_matmul"],
+           ["method", "precision", *(["variant", "time_vs_first_variant"] if len(args.variants) > 1 else []),
+            "step_s", "tokens_per_s", "achieved_GFLOP_s", "matmul_GFLOP_s", "pct_of_matmul"],
            args.out,
            {"machine": machine_info(device), "preset": preset, "teacher": dict(zip(
                ["layers", "hidden", "heads", "intermediate", "vocab"], t)), "student": dict(zip(
                ["layers", "hidden", "heads", "intermediate", "vocab"], s)), "batch_size": args.batch_size,
-            "seq_len": args.seq_len, "repeat": args.repeat, "warmup": args.warmup, "matmul_n": args.matmul_n,
+            "seq_len": args.seq_len, "variants": args.variants, "repeat": args.repeat, "warmup": args.warmup,
+            "matmul_n": args.matmul_n,
             "flops_formula": "teacher fwd N*(2*P_t + 4*L_t*T*h_t) + student fwd+bwd 3*N*(2*P_s + 4*L_s*T*h_s) "
                              "[+ tinybert fit_dense 3*N*2*P_w*(L_s+1)]; P = encoder nn.Linear weights"})
 

@@ -27,6 +27,7 @@ BENCHMARKS = {
                                                    "BERT-base 12x768", "TinyBERT 4x312"],
                                          "quick": [], "full": ["--repeat", "10"]}),
     "distill": ("bench_distill.py", "preset"),
+    "relation_loss": ("bench_relation_loss.py", "preset"),
     "pregenerate": ("bench_pregenerate.py", "preset"),
     "augment": ("bench_augment.py", "preset"),
     "decode": ("bench_decode.py", {"smoke": ["--examples", "1", "--batch_size", "1", "--beams", "1", "2",

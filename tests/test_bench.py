@@ -33,7 +33,7 @@ def load(out, name):
 
 def test_run_all_prints_every_table(smoke_results):
     out, stdout = smoke_results
-    names = ["inference", "distill", "pregenerate", "augment"]
+    names = ["inference", "distill", "relation_loss", "pregenerate", "augment"]
     if os.path.isfile(os.path.join(REPO, "bench", "bench_decode.py")):
         names.append("decode")
     for name in names:
@@ -74,6 +74,15 @@ def test_distill_flop_formula_by_hand():
     assert step_flops(build_objective("minilmv2", teacher, sizes, 16), "minilmv2", n, t) == teacher_f + student_f
     fit = 3 * n * 2 * (48 * 96) * 2  # fit_dense 48 -> 96 on the embeddings and 1 layer output
     assert step_flops(build_objective("tinybert", teacher, sizes, 16), "tinybert", n, t) == teacher_f + student_f + fit
+
+
+def test_relation_loss_json(smoke_results):
+    data = load(smoke_results[0], "relation_loss")
+    assert [(r["relation_heads"], r["impl"]) for r in data["rows"]] == [(48, "reference"), (48, "chunked")]
+    ref, new = data["rows"]
+    assert ref["time_vs_reference"] == 1 and new["time_vs_reference"] == pytest.approx(new["fwd_bwd_s"] / ref["fwd_bwd_s"])
+    assert new["value_rel_diff"] < 1e-5 and new["grad_rel_diff"] < 1e-5  # the same loss and gradient
+    assert ref["peak_MB"] >= 0 and new["peak_MB"] >= 0
 
 
 def test_pregenerate_json(smoke_results):
