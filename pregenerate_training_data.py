@@ -1,20 +1,26 @@
 #!/usr/bin/env python
-"""TinyBERT step 1 of general distillation: turn a text corpus into epoch_N.json training files.
+"""TinyBERT step 1 of general distillation: turn text corpora into training epochs.
 
     python pregenerate_training_data.py --train_corpus ../shared/data/corpus/wiki.txt \
         --bert_model BERT_DIR --reduce_memory --do_lower_case --epochs_to_generate 3 --output_dir CORPUS_JSON
+
+--train_corpus is a file, a folder or a glob ('corpus/*.txt'). Output (--output_format): binary token-id shards
+in epoch_N/ listed by epoch_N_metrics.json (default; memory-mapped by general_distill.py), or TinyBERT's
+epoch_N.json. With --packed_sequences (for minilm/minilmv2, which need no masks or sentence pairs) the corpus is
+tokenised once and cut into fixed blocks of --max_seq_len tokens: packed/ + packed_metrics.json, no epochs.
 """
 import argparse
 import os
 
-from kdcore.cli import UserError, ensure_writable_dir, parse_args, require_file, run_main
+from kdcore.cli import UserError, ensure_writable_dir, parse_args, run_main
 from kdcore.modeling import load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train_corpus", required=True,
-                   help="text file: documents separated by blank lines; one sentence per line, or raw text")
+                   help="text file, folder of text files, or glob: documents separated by blank lines (and by the "
+                        "end of a file); one sentence per line, or raw text")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--bert_model", required=True, help="model folder with a tokenizer, or a vocab.txt")
     p.add_argument("--do_lower_case", action="store_true",
@@ -34,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one_seq", action="store_true",
                    help="no random next sentences: segment B is always the text that follows A")
     # Additions to the original arguments.
+    p.add_argument("--output_format", choices=["shards", "json"], default="shards",
+                   help="shards (default): binary token-id shards, memory-mapped when training; json: TinyBERT's "
+                        "epoch_N.json (for the original scripts)")
+    p.add_argument("--packed_sequences", action="store_true",
+                   help="for minilm/minilmv2: fixed blocks of --max_seq_len tokens of running text ([CLS] ... [SEP], "
+                        "documents joined by [SEP]), no epochs, masks or sentence pairs")
     p.add_argument("--corpus_format", choices=["auto", "sentences", "raw"], default="auto",
                    help="'sentences': one sentence per line; 'raw': paragraph or wrapped lines, split into "
                         "sentences; 'auto' (default) decides from the first lines")
@@ -44,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = parse_args(build_parser(), argv)
-    require_file(args.train_corpus, "--train_corpus")
     if args.max_documents is not None and args.max_documents < 1:
         raise UserError("--max_documents must be at least 1")
     tokenizer = load_tokenizer(args.bert_model, "--bert_model", do_lower_case=True if args.do_lower_case else None)
@@ -53,11 +64,17 @@ def main(argv=None):
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
     ensure_writable_dir(args.output_dir)
-    from tinybert.pregenerate import pregenerate
+    from tinybert.pregenerate import corpus_files, pregenerate, pregenerate_packed
 
+    corpus_files(args.train_corpus)  # a clear error before any work
+    if args.packed_sequences:
+        blocks = pregenerate_packed(args, tokenizer)
+        print(f"{blocks} blocks of {args.max_seq_len} tokens -> {os.path.join(args.output_dir, 'packed')}")
+        return
     counts = pregenerate(args, tokenizer)
     for epoch, count in enumerate(counts):
-        print(f"epoch {epoch}: {count} examples -> {os.path.join(args.output_dir, f'epoch_{epoch}.json')}")
+        where = f"epoch_{epoch}.json" if args.output_format == "json" else f"epoch_{epoch}/"
+        print(f"epoch {epoch}: {count} examples -> {os.path.join(args.output_dir, where)}")
 
 
 if __name__ == "__main__":
