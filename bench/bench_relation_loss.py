@@ -9,7 +9,7 @@ re-split into R relation heads, no padding, float32:
   in chunks of relation heads (and examples), at most MAX_CHUNK_ELEMENTS elements of a T x T map per chunk.
 
 Time: median seconds of forward + backward over interleaved rounds (reference, chunked, reference, ...) in this
-process. Peak memory: each (implementation, R) runs once more in a fresh child process; on CPU the figure is the
+process (no warm-up round: the first call of each is timed too). Peak memory: each (implementation, R) runs once more in a fresh child process; on CPU the figure is the
 growth of its peak resident memory (VmHWM) across the one forward + backward, after the inputs exist; on CUDA
 torch.cuda.max_memory_allocated minus the memory allocated before the call. The values and gradients of the two
 implementations are compared too (max relative difference).
@@ -34,7 +34,7 @@ from minilm.losses import (  # noqa: E402
 TEACHER_DIM, STUDENT_DIM = 768, 384
 PRESETS = {
     "smoke": dict(batch_size=2, seq_len=32, relation_heads=[48], repeat=1),
-    "quick": dict(batch_size=8, seq_len=512, relation_heads=[48, 64], repeat=3),
+    "quick": dict(batch_size=8, seq_len=512, relation_heads=[48, 64], repeat=2),
     "full": dict(batch_size=8, seq_len=512, relation_heads=[48, 64], repeat=5),
 }
 IMPLS = ("reference", "chunked")
@@ -103,7 +103,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--_child":
         return child(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
-    p = bench_parser(__doc__, {"quick": "default: batch 8 x 512 tokens, 48 and 64 relation heads, 3 rounds",
+    p = bench_parser(__doc__, {"quick": "default: batch 8 x 512 tokens, 48 and 64 relation heads, 2 rounds",
                                "full": "the same shapes, 5 rounds", "smoke": "tiny shapes (tests)"})
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seq_len", type=int, default=None)
@@ -116,13 +116,18 @@ def main(argv=None):
     teacher, student, mask = make_inputs(args.batch_size, args.seq_len, device)
     rows = []
     for r in args.relation_heads:
-        ref_loss, ref_grad = (x.clone() for x in forward_backward("reference", teacher, student, mask, r))
-        new_loss, new_grad = forward_backward("chunked", teacher, student, mask, r)
+        last = {}
+
+        def run(impl, r=r):  # keeps the last loss and gradient of each implementation for the comparison
+            loss, grad = forward_backward(impl, teacher, student, mask, r)
+            last[impl] = (loss, grad.clone())
+
+        seconds = timed_round_robin({impl: (lambda impl=impl: run(impl)) for impl in IMPLS}, repeat=args.repeat,
+                                    warmup=0)
+        (ref_loss, ref_grad), (new_loss, new_grad) = last["reference"], last["chunked"]
         value_diff = float((new_loss - ref_loss).abs() / ref_loss.abs())
         grad_diff = float((new_grad - ref_grad).abs().max() / ref_grad.abs().max())
-        del ref_grad, new_grad
-        seconds = timed_round_robin({impl: (lambda impl=impl: forward_backward(impl, teacher, student, mask, r))
-                                     for impl in IMPLS}, repeat=args.repeat, warmup=0)
+        del last, ref_grad, new_grad
         peaks = {impl: peak_memory(impl, args.batch_size, args.seq_len, r) for impl in IMPLS}
         for impl in IMPLS:
             rows.append({"relation_heads": r, "impl": impl, "fwd_bwd_s": seconds[impl],

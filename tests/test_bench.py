@@ -33,7 +33,7 @@ def load(out, name):
 
 def test_run_all_prints_every_table(smoke_results):
     out, stdout = smoke_results
-    names = ["inference", "distill", "relation_loss", "pregenerate", "augment"]
+    names = ["inference", "distill", "relation_loss", "corpus", "pregenerate", "augment"]
     if os.path.isfile(os.path.join(REPO, "bench", "bench_decode.py")):
         names.append("decode")
     for name in names:
@@ -83,6 +83,20 @@ def test_relation_loss_json(smoke_results):
     assert ref["time_vs_reference"] == 1 and new["time_vs_reference"] == pytest.approx(new["fwd_bwd_s"] / ref["fwd_bwd_s"])
     assert new["value_rel_diff"] < 1e-5 and new["grad_rel_diff"] < 1e-5  # the same loss and gradient
     assert ref["peak_MB"] >= 0 and new["peak_MB"] >= 0
+
+
+def test_corpus_json(smoke_results):
+    data = load(smoke_results[0], "corpus")
+    rows = {(r["corpus"], r["format"]): r for r in data["rows"]}
+    assert set(rows) == {(c, f) for c in ("1x", "4x") for f in ("json", "shards", "packed")}
+    for c in ("1x", "4x"):  # the same instances in both epoch formats; binary ones are smaller on disk
+        assert rows[c, "json"]["instances"] == rows[c, "shards"]["instances"] > 0
+        assert rows[c, "shards"]["disk_bytes_per_instance"] < rows[c, "json"]["disk_bytes_per_instance"] / 2
+    assert rows["4x", "shards"]["instances"] > 3 * rows["1x", "shards"]["instances"]
+    # run_all ran distill first: the loader is compared with the step's consumption
+    assert data["step_instances_per_s"] > 0 and all(r["loader_vs_step"] > 0 for r in data["rows"])
+    assert all(r["pregen_rss_vs_1x"] == pytest.approx(r["pregen_peak_rss_MB"] / rows["1x", r["format"]]["pregen_peak_rss_MB"])
+               for r in data["rows"])
 
 
 def test_pregenerate_json(smoke_results):
