@@ -15,12 +15,35 @@ The list of shards and their row counts lives in a manifest (JSON) that the writ
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import tempfile
 
 import numpy as np
 
 from .cli import UserError
+
+
+# The two corpora written as shards (pregenerate_training_data.py):
+# * a masked-LM / sentence-pair epoch (TinyBERT): epoch_N/shard_*, listed by epoch_N_metrics.json. Ragged: token ids,
+#   masked positions and their labels; scalars: where segment B starts (segment ids are 0 before, 1 from there on)
+#   and the next-sentence flag.
+EPOCH_RAGGED = ("input_ids", "masked_lm_positions", "masked_lm_labels")
+EPOCH_SCALARS = ("segment_b_start", "is_random_next")
+# * packed sequences (MiniLM): packed/shard_*, listed by packed_metrics.json; token ids only.
+PACKED_DIR, PACKED_MANIFEST = "packed", "packed_metrics.json"
+
+
+def epoch_shard_fields(vocab_size: int) -> tuple[dict, dict]:
+    """dtypes of the ragged and scalar fields of an epoch shard."""
+    ids = token_dtype(vocab_size)
+    return ({"input_ids": ids, "masked_lm_positions": np.uint16, "masked_lm_labels": ids},
+            {"segment_b_start": np.uint16, "is_random_next": np.uint8})
+
+
+def vocab_sha1(id_to_token: list[str]) -> str:
+    """Fingerprint of a vocabulary (its tokens in id order): corpora of ids store it, readers compare it."""
+    return hashlib.sha1("\n".join(id_to_token).encode("utf-8")).hexdigest()
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -17,7 +17,6 @@ and only two small integers per document stay in memory.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -33,7 +32,8 @@ from tqdm import tqdm
 
 from kdcore.cli import UserError
 from kdcore.modeling import atomic_write_json
-from kdcore.shards import ShardWriter, token_dtype
+from kdcore.shards import (PACKED_DIR, PACKED_MANIFEST, ShardWriter, epoch_shard_fields, token_dtype,
+                           vocab_sha1)
 
 logger = logging.getLogger("kd.pregenerate")
 
@@ -296,11 +296,6 @@ def tokenize_corpus(path: str | list[str], tokenizer, store: DocumentStore, corp
 # --------------------------------------------------------------------------------------------------------------
 # Instances (BERT's create_instances_from_document, per document, with its own RNG)
 # --------------------------------------------------------------------------------------------------------------
-def vocab_sha1(id_to_token: list[str]) -> str:
-    """Fingerprint of a vocabulary (its tokens in id order): binary corpora store it, readers compare it."""
-    return hashlib.sha1("\n".join(id_to_token).encode("utf-8")).hexdigest()
-
-
 class Vocab:
     """What instance creation needs from the tokenizer, as plain picklable data."""
 
@@ -450,18 +445,6 @@ def _instances(doc_range, epoch: int):
         )
 
 
-# Fields of a binary (shards) epoch: token ids and masked positions per instance; where segment B starts (the
-# segment ids are 0 before, 1 from there on) and the next-sentence flag as scalars.
-SHARD_RAGGED = ("input_ids", "masked_lm_positions", "masked_lm_labels")
-SHARD_SCALARS = ("segment_b_start", "is_random_next")
-
-
-def shard_fields(vocab_size: int) -> tuple[dict, dict]:
-    ids = token_dtype(vocab_size)
-    return ({"input_ids": ids, "masked_lm_positions": np.uint16, "masked_lm_labels": ids},
-            {"segment_b_start": np.uint16, "is_random_next": np.uint8})
-
-
 def _generate_chunk(task: tuple[int, int, int, str]) -> tuple[int, object, int]:
     """Write the instances of documents [start, end) for `epoch`: a JSON part file (json format; returns its path)
     or one binary shard in epoch_N/ (shards format; returns its manifest entry). Returns (epoch, part, count)."""
@@ -469,7 +452,7 @@ def _generate_chunk(task: tuple[int, int, int, str]) -> tuple[int, object, int]:
     vocab, o = _WORKER["vocab"], _WORKER["options"]
     count = 0
     if o["output_format"] == "shards":
-        ragged, scalars = shard_fields(len(vocab.id_to_token))
+        ragged, scalars = epoch_shard_fields(len(vocab.id_to_token))
         writer = ShardWriter(os.path.join(out_dir, f"epoch_{epoch}", f"shard_{start:09d}"), ragged, scalars)
         to_id = vocab.token_to_id
         for inst in _instances(range(start, end), epoch):
@@ -570,7 +553,7 @@ def _write_shard_epochs(store, vocab: Vocab, output_dir: str, epochs: int, optio
     for epoch, shard, count in _run_tasks(tasks, store, vocab, options, num_workers, "Writing shards"):
         shards[epoch].append({"prefix": f"epoch_{epoch}/{shard['prefix']}", "rows": shard["rows"]})
         counts[epoch] += count
-    ragged, scalars = shard_fields(len(vocab.id_to_token))
+    ragged, scalars = epoch_shard_fields(len(vocab.id_to_token))
     for e in range(epochs):
         atomic_write_json({"num_training_examples": counts[e], "max_seq_len": options["max_seq_len"],
                            "format": "shards", "vocab_size": len(vocab.id_to_token), "vocab_sha1": vocab.sha1,
@@ -626,9 +609,6 @@ def pregenerate(args, tokenizer) -> list[int]:
 # --------------------------------------------------------------------------------------------------------------
 # Packed sequences (minilm / minilmv2): running text cut into fixed blocks, no epochs
 # --------------------------------------------------------------------------------------------------------------
-PACKED_DIR, PACKED_MANIFEST = "packed", "packed_metrics.json"
-
-
 class PackingStore(DocumentStore):
     """A DocumentStore that keeps nothing: documents stream through into blocks [CLS] t_1 .. t_{T-2} [SEP] of one
     running token sequence (documents joined by [SEP]), written to shards of `blocks_per_shard` blocks."""

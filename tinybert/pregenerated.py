@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from kdcore.cli import UserError, read_json_file
-from kdcore.shards import ShardedRows
+from kdcore.shards import EPOCH_RAGGED, EPOCH_SCALARS, PACKED_MANIFEST, ShardedRows, vocab_sha1
 
 logger = logging.getLogger("kd")
 
@@ -66,7 +66,7 @@ def find_data_epochs(folder: str, argname: str = "--pregenerated_data") -> list[
     if not epochs:
         others = sorted(n for n in os.listdir(folder) if re.fullmatch(r"epoch_\d+\.json", n))
         hint = f" (found {', '.join(others[:3])}, but the epochs must start at epoch_0.json)" if others else ""
-        if os.path.isfile(os.path.join(folder, "packed_metrics.json")):
+        if os.path.isfile(os.path.join(folder, PACKED_MANIFEST)):
             hint = " (it holds packed sequences, which only --distill_method minilm / minilmv2 read)"
         elif os.path.isdir(os.path.join(folder, "epoch_0")):
             hint = " (epoch_0/ has no epoch_0_metrics.json: the pregeneration did not finish)"
@@ -82,8 +82,6 @@ def is_sharded(metrics_file: str) -> bool:
 
 def check_vocabulary(manifest: dict, where: str, tokenizer) -> None:
     """Token ids are only meaningful with the vocabulary they were made with: compare its fingerprint."""
-    from .pregenerate import vocab_sha1
-
     ids = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     if manifest.get("vocab_sha1") != vocab_sha1(ids):
         raise UserError(f"{where}: the data was pregenerated with another vocabulary than the teacher's "
@@ -246,10 +244,8 @@ class ShardedEpoch(Dataset):
         if max_positions is not None and self.max_seq_len > max_positions:
             raise UserError(f"{metrics_file}: max_seq_len {self.max_seq_len} exceeds the teacher's {max_positions} positions")
         check_vocabulary(manifest, metrics_file, tokenizer)
-        from .pregenerate import SHARD_RAGGED, SHARD_SCALARS
-
         self.rows = ShardedRows(os.path.dirname(os.path.abspath(metrics_file)), manifest.get("shards") or [],
-                                SHARD_RAGGED, SHARD_SCALARS, where=metrics_file)
+                                EPOCH_RAGGED, EPOCH_SCALARS, where=metrics_file)
         if len(self.rows) != self.num_examples:
             raise UserError(f"{metrics_file}: its shards hold {len(self.rows)} examples, not num_training_examples "
                             f"{self.num_examples}")
@@ -280,7 +276,7 @@ class PackedBlocks(Dataset):
 
     def __init__(self, folder: str, tokenizer, max_positions: int | None = None,
                  argname: str = "--pregenerated_data"):
-        path = os.path.join(folder, "packed_metrics.json")
+        path = os.path.join(folder, PACKED_MANIFEST)
         if not os.path.isfile(path):
             raise UserError(f"{argname} {folder}: no packed_metrics.json (pregenerate with --packed_sequences)")
         manifest = read_json_file(path, argname, "metrics file")
@@ -307,7 +303,7 @@ class PackedBlocks(Dataset):
 
 def is_packed(folder: str) -> bool:
     """Whether `folder` holds packed sequences rather than epochs."""
-    return os.path.isfile(os.path.join(folder, "packed_metrics.json")) and not (
+    return os.path.isfile(os.path.join(folder, PACKED_MANIFEST)) and not (
         os.path.isfile(os.path.join(folder, "epoch_0_metrics.json")))
 
 
