@@ -1,5 +1,15 @@
-"""Multi-node-safe resume: the remaining-samples order and the byte broadcast (unit level)."""
+"""Multi-node-safe resume: the remaining-samples order, the byte broadcast, and real gloo runs killed and resumed
+with another number of processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from kdcore.multinode import broadcast_bytes, remaining_order
 from kdcore.runtime import epoch_indices
@@ -33,3 +43,62 @@ def test_changed_world_size_shares_out_the_rest_of_the_epoch(old, new):
 
 def test_broadcast_bytes_outside_a_process_group_is_identity():
     assert broadcast_bytes(b"abc") == b"abc" and broadcast_bytes(None) == b""
+
+
+# ---- real processes: 2 gloo ranks killed, resumed with 1, killed, resumed with 2 -------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(REPO, "tests", "toy_train.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _command(nproc, out, tag, port):
+    args = [TOY, "--output_dir", str(out), "--num_examples", "36", "--train_batch_size", "4", "--max_steps", "12",
+            "--save_steps", "2", "--logging_steps", "1", "--sleep_per_batch", "0.05", "--ddp_timeout", "120",
+            "--sample_log", str(out / f"samples_{tag}")]
+    if nproc == 1:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
+            *args]
+
+
+def _run_and_kill_after(cmd, checkpoint):
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not (checkpoint / "training_state.json").exists():
+        assert proc.poll() is None, "run ended before it could be killed:\n" + proc.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
+    proc.wait()
+    return proc.stderr.read()
+
+
+def _samples(out, tag, rank, first):
+    lines = open(out / f"samples_{tag}.rank{rank}").read().split()
+    assert len(lines) >= first
+    return [int(x) for x in lines[:first]]
+
+
+def test_resume_across_world_sizes_by_samples_consumed(tmp_path):
+    pytest.importorskip("torch.distributed.run")
+    out = tmp_path / "run"
+    # 2 processes x 4 per batch: 5 steps per epoch of 36 examples; killed after checkpoint-4 (32 samples consumed)
+    _run_and_kill_after(_command(2, out, "a", 29541), out / "checkpoint-4")
+    # 1 process: finishes epoch 0 with the 4 samples left (step 5), 9 steps per epoch after; killed after step 8
+    err = _run_and_kill_after(_command(1, out, "b", 0), out / "checkpoint-8")
+    assert "resumed from" in err and "checkpoint-4" in err and "2 processes" in err
+    # 2 processes again: the 24 samples left of epoch 1, then epoch 2 until step 12
+    r = subprocess.run(_command(2, out, "c", 29542), env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "checkpoint-8" in r.stderr
+
+    epoch0 = _samples(out, "a", 0, 16) + _samples(out, "a", 1, 16) + _samples(out, "b", 0, 4)
+    assert sorted(epoch0) == list(range(36))  # every example once: nothing repeated or skipped
+    epoch1 = _samples(out, "b", 0, 4 + 12)[4:] + _samples(out, "c", 0, 12) + _samples(out, "c", 1, 12)
+    assert sorted(epoch1) == list(range(36))
+    steps = [json.loads(line)["step"] for line in open(out / "train_log.jsonl")]
+    assert steps == list(range(1, 13))
+    rank0, rank1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
