@@ -10,10 +10,8 @@ epoch_N.json. With --packed_sequences (for minilm/minilmv2, which need no masks 
 tokenised once and cut into fixed blocks of --max_seq_len tokens: packed/ + packed_metrics.json, no epochs.
 """
 import argparse
-import os
 
-from kdcore.cli import UserError, ensure_writable_dir, parse_args, run_main
-from kdcore.modeling import load_tokenizer
+from kdcore.cli import parse_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,26 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = parse_args(build_parser(), argv)
-    if args.max_documents is not None and args.max_documents < 1:
-        raise UserError("--max_documents must be at least 1")
-    tokenizer = load_tokenizer(args.bert_model, "--bert_model", do_lower_case=True if args.do_lower_case else None)
-    if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
-        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no [CLS]/[SEP]/[MASK] tokens")
-    if len(tokenizer) <= len(tokenizer.all_special_tokens):
-        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
-    ensure_writable_dir(args.output_dir)
-    from tinybert.pregenerate import corpus_files, pregenerate, pregenerate_packed
+    from tinybert.masked_lm_instances import run
 
-    corpus_files(args.train_corpus)  # a clear error before any work
-    if args.packed_sequences:
-        blocks = pregenerate_packed(args, tokenizer)
-        print(f"{blocks} blocks of {args.max_seq_len} tokens -> {os.path.join(args.output_dir, 'packed')}")
-        return
-    counts = pregenerate(args, tokenizer)
-    for epoch, count in enumerate(counts):
-        where = f"epoch_{epoch}.json" if args.output_format == "json" else f"epoch_{epoch}/"
-        print(f"epoch {epoch}: {count} examples -> {os.path.join(args.output_dir, where)}")
+    return run(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

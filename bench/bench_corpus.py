@@ -64,8 +64,8 @@ def loader_pass(folder: str, tokenizer_dir: str, fmt: str) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from kdcore.runtime import epoch_indices
-    from tinybert.pregenerated import PackedBlocks, PregeneratedCollator, PregeneratedTrainingData
+    from kdcore.trainer import epoch_indices
+    from kdcore.pregenerated_data import PackedBlocks, PregeneratedCollator, PregeneratedTrainingData
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     start = time.perf_counter()

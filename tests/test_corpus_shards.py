@@ -9,7 +9,7 @@ import torch
 import pregenerate_training_data as script
 from kdcore.cli import UserError
 from kdcore.shards import ShardedRows, ShardWriter, token_dtype
-from tinybert.pregenerated import PackedBlocks, PregeneratedTrainingData, is_packed
+from kdcore.pregenerated_data import PackedBlocks, PregeneratedTrainingData, is_packed
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_packed_sequences_are_the_running_text_in_fixed_blocks(tmp_path, corpus_
     # the blocks are the documents' tokens in order, each document followed by [SEP]
     want = []
     for name in ("a.txt", "b.txt"):
-        from tinybert.pregenerate import iter_corpus_documents
+        from tinybert.masked_lm_instances import iter_corpus_documents
 
         for doc in iter_corpus_documents([str(corpus_dir / name)], "auto"):
             for sentence in doc:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from kdcore.multinode import broadcast_bytes, remaining_order
-from kdcore.runtime import epoch_indices
+from kdcore.trainer import epoch_indices
 
 
 @pytest.mark.parametrize("n,world", [(10, 1), (10, 3), (12, 4), (7, 2)])

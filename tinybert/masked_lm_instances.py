@@ -1,4 +1,4 @@
-"""Corpus pregeneration for TinyBERT's general distillation (`pregenerate_training_data.py`).
+"""Masked-LM training instances from a corpus (`pregenerate_training_data.py`; read back by kdcore/pregenerated_data.py).
 
 Input: documents separated by blank lines. Either one sentence per line (the original's format), or raw text
 (paragraph lines, or hard-wrapped lines) which is split into sentences with a small rule-based splitter.
@@ -682,3 +682,29 @@ def pregenerate_packed(args, tokenizer, tokens_per_shard: int = 1 << 22) -> int:
                        "vocab_size": len(vocab.id_to_token), "vocab_sha1": vocab.sha1,
                        "fields": {"input_ids": str(store.dtype)}, "shards": store.shards}, manifest)
     return store.num_blocks
+
+
+def run(args) -> list[int] | int:
+    """pregenerate_training_data.py: check the arguments and the tokenizer, then pregenerate; returns the
+    example count of each epoch (or, with --packed_sequences, the number of blocks)."""
+    from kdcore.cli import ensure_writable_dir
+    from kdcore.modeling import load_tokenizer
+
+    corpus_files(args.train_corpus)  # a clear error before any work
+    if args.max_documents is not None and args.max_documents < 1:
+        raise UserError("--max_documents must be at least 1")
+    tokenizer = load_tokenizer(args.bert_model, "--bert_model", do_lower_case=True if args.do_lower_case else None)
+    if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
+        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no [CLS]/[SEP]/[MASK] tokens")
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
+    ensure_writable_dir(args.output_dir)
+    if getattr(args, "packed_sequences", False):
+        blocks = pregenerate_packed(args, tokenizer)
+        print(f"{blocks} blocks of {args.max_seq_len} tokens -> {os.path.join(args.output_dir, PACKED_DIR)}")
+        return blocks
+    counts = pregenerate(args, tokenizer)
+    for epoch, count in enumerate(counts):
+        where = f"epoch_{epoch}.json" if getattr(args, "output_format", "shards") == "json" else f"epoch_{epoch}/"
+        print(f"epoch {epoch}: {count} examples -> {os.path.join(args.output_dir, where)}")
+    return counts
