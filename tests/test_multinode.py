@@ -1,32 +1,24 @@
-"""Multi-node-safe resume: the remaining-samples order, the byte broadcast, and real gloo runs killed and resumed
-with another number of processes."""
+"""Multi-node-safe resume: the data order after samples consumed, the byte broadcast, and real gloo runs killed
+and resumed with another number of processes."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdcore.multinode import broadcast_bytes, remaining_order
+from kdcore.runtime import broadcast_bytes
 from kdcore.trainer import epoch_indices
 
 
-@pytest.mark.parametrize("n,world", [(10, 1), (10, 3), (12, 4), (7, 2)])
-def test_no_consumption_is_distributed_samplers_split(n, world):
-    for rank in range(world):
-        assert remaining_order(n, 3, 42, rank, world) == epoch_indices(n, 3, 42, rank, world)
-
-
-@pytest.mark.parametrize("n,world,batch", [(23, 2, 3), (24, 4, 2), (9, 1, 4)])
+@pytest.mark.parametrize("n,world,batch", [(23, 2, 3), (24, 4, 2), (9, 1, 4), (10, 3, 1)])
 def test_same_world_size_continues_each_rank_exactly(n, world, batch):
     for b in range(0, -(-n // world) // batch + 1):
         consumed = b * batch * world
         for rank in range(world):
-            assert remaining_order(n, 1, 7, rank, world, consumed) == epoch_indices(n, 1, 7, rank, world)[b * batch:]
+            assert epoch_indices(n, 1, 7, rank, world, consumed=consumed) == epoch_indices(n, 1, 7, rank, world)[b * batch:]
 
 
 @pytest.mark.parametrize("old,new", [(2, 1), (1, 2), (2, 3), (4, 2)])
@@ -34,7 +26,7 @@ def test_changed_world_size_shares_out_the_rest_of_the_epoch(old, new):
     n, batch, b = 29, 3, 2
     consumed = b * batch * old
     used = [i for r in range(old) for i in epoch_indices(n, 0, 5, r, old)[: b * batch]]
-    rest = [remaining_order(n, 0, 5, r, new, consumed) for r in range(new)]
+    rest = [epoch_indices(n, 0, 5, r, new, consumed=consumed) for r in range(new)]
     assert len({len(x) for x in rest}) == 1  # every rank gets as many samples (padding), so batches stay in step
     together = used + [i for x in rest for i in x]
     assert set(together) == set(range(n))  # nothing skipped
@@ -51,28 +43,15 @@ TOY = os.path.join(REPO, "tests", "toy_train.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _command(nproc, out, tag, port):
+def _run(nproc, out, tag, port, kill_at_forward=0):
     args = [TOY, "--output_dir", str(out), "--num_examples", "36", "--train_batch_size", "4", "--max_steps", "12",
-            "--save_steps", "2", "--logging_steps", "1", "--sleep_per_batch", "0.05", "--ddp_timeout", "120",
-            "--sample_log", str(out / f"samples_{tag}")]
-    if nproc == 1:
-        return [sys.executable, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
-            *args]
-
-
-def _run_and_kill_after(cmd, checkpoint):
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 240
-    while not (checkpoint / "training_state.json").exists():
-        assert proc.poll() is None, "run ended before it could be killed:\n" + proc.stderr.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
-    proc.wait()
-    return proc.stderr.read()
+            "--save_steps", "2", "--logging_steps", "1", "--ddp_timeout", "120", "--sample_log", str(out / f"samples_{tag}"),
+            "--kill_at_forward", str(kill_at_forward)]
+    if nproc > 1:
+        args = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port), *args]
+    r = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert (r.returncode != 0) == bool(kill_at_forward), r.stderr[-3000:]
+    return r.stderr
 
 
 def _samples(out, tag, rank, first):
@@ -84,15 +63,16 @@ def _samples(out, tag, rank, first):
 def test_resume_across_world_sizes_by_samples_consumed(tmp_path):
     pytest.importorskip("torch.distributed.run")
     out = tmp_path / "run"
-    # 2 processes x 4 per batch: 5 steps per epoch of 36 examples; killed after checkpoint-4 (32 samples consumed)
-    _run_and_kill_after(_command(2, out, "a", 29541), out / "checkpoint-4")
-    # 1 process: finishes epoch 0 with the 4 samples left (step 5), 9 steps per epoch after; killed after step 8
-    err = _run_and_kill_after(_command(1, out, "b", 0), out / "checkpoint-8")
-    assert "resumed from" in err and "checkpoint-4" in err and "2 processes" in err
-    # 2 processes again: the 24 samples left of epoch 1, then epoch 2 until step 12
-    r = subprocess.run(_command(2, out, "c", 29542), env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "checkpoint-8" in r.stderr
+    # 2 processes x 4 per batch: 5 steps per epoch of 36 examples; both SIGKILLed in step 5, after checkpoint-4
+    # (32 samples consumed)
+    _run(2, out, "a", 29541, kill_at_forward=5)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # 1 process: finishes epoch 0 with the 4 samples left (step 5), then 9 steps per epoch; killed in step 9
+    err = _run(1, out, "b", 0, kill_at_forward=5)
+    assert "resumed from" in err and "checkpoint-4" in err and "saved by 2 processes, resuming with 1" in err
+    # 2 processes again: the 24 samples left of epoch 1 (steps 9-11), then epoch 2 until step 12
+    err = _run(2, out, "c", 29542)
+    assert "checkpoint-8" in err and "saved by 1 processes, resuming with 2" in err
 
     epoch0 = _samples(out, "a", 0, 16) + _samples(out, "a", 1, 16) + _samples(out, "b", 0, 4)
     assert sorted(epoch0) == list(range(36))  # every example once: nothing repeated or skipped
