@@ -118,3 +118,32 @@ def test_packed_sequences_are_the_running_text_in_fixed_blocks(tmp_path, corpus_
     assert running == want[:len(running)] and len(want) - len(running) <= 1
     with pytest.raises(UserError, match="packed sequences"):
         PregeneratedTrainingData(str(out), bert_tokenizer)
+
+
+def test_minilmv2_distils_from_packed_sequences(tmp_path, packaged_teacher, shared_data):
+    """general_distill.py reads packed sequences (shuffled by the trainer) and the student learns from them."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import general_distill
+
+    corpus = tmp_path / "wiki_slice.txt"
+    with open(os.path.join(shared_data, "corpus", "wiki.txt"), encoding="utf-8") as f:
+        corpus.write_text(f.read(12_000), encoding="utf-8")
+    data = tmp_path / "packed"
+    script.main(["--train_corpus", str(corpus), "--bert_model", packaged_teacher, "--do_lower_case",
+                 "--output_dir", str(data), "--max_seq_len", "48", "--packed_sequences"])
+    blocks = json.load(open(data / "packed_metrics.json"))["num_blocks"]
+    assert blocks >= 40
+    out = tmp_path / "out"
+    result = general_distill.main([
+        "--pregenerated_data", str(data), "--teacher_model", packaged_teacher, "--distill_method", "minilmv2",
+        "--student_model", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                        "minilm_L3xH384.json"),
+        "--output_dir", str(out), "--train_batch_size", "8", "--max_steps", "12", "--learning_rate", "1e-3",
+        "--warmup_proportion", "0", "--logging_steps", "1", "--eval_step", "0"])
+    assert result.global_step == 12
+    records = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    qq = [r["qq"] for r in records if "qq" in r]
+    assert len(qq) == 12 and sum(qq[-3:]) < 0.9 * sum(qq[:3])
+    assert os.path.isfile(out / "model.safetensors")
