@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_step", type=int, default=50, help="stage 2: evaluate (and keep the best) every N steps")
     p.add_argument("--pred_distill", action="store_true", help="stage 2: prediction-layer distillation")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--loss_reduction", choices=["real_tokens", "original"], default="real_tokens",
+                   help="real_tokens (default): every loss term is a mean over real tokens only, unchanged by padding; "
+                        "original: TinyBERT's code, means over every padded position (the loss shrinks as padding "
+                        "grows) and the soft cross-entropy also averaged over classes")
+    p.add_argument("--stsb_target", choices=["teacher", "gold"], default="teacher",
+                   help="STS-B prediction-layer distillation regresses on the teacher's score (default) or, as "
+                        "TinyBERT's code, on the gold score")
     p.add_argument("--data_url", default="", help="accepted for compatibility (Huawei cloud); unused")
     p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--max_eval_examples", type=int, default=None, help="use only the first N dev examples")

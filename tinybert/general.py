@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--continue_train", action="store_true",
                         help="Start from the weights in the --student_model folder (and its fit_dense for tinybert) "
                         "instead of a random initialisation from its config.")
+    parser.add_argument("--loss_reduction", choices=["real_tokens", "original"], default="real_tokens",
+                        help="TinyBERT losses: means over real tokens only (default), or over every padded position "
+                        "as TinyBERT's code (the loss then shrinks as padding grows).")
     g = parser.add_argument_group("MiniLM v1 / v2")
     g.add_argument("--teacher_layer", type=int, default=None,
                    help="Teacher layer to distil, 1-based as in the papers (e.g. 21 of 24 for BERT-large, 19 of 24 "
@@ -86,10 +89,12 @@ def build_objective(args, teacher, student):
     if method == "tinybert":
         if args.teacher_layer is not None:
             raise UserError("--teacher_layer is for --distill_method minilm/minilmv2 (TinyBERT maps all layers)")
-        objective = TinyBertIntermediateObjective(teacher, student)
+        objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction)
         if args.continue_train and objective.load_fit_dense(args.student_model):
             logger.info("continuing fit_dense from %s", args.student_model)
         return objective
+    if args.loss_reduction != "real_tokens":
+        raise UserError("--loss_reduction is for --distill_method tinybert")
     from minilm.objectives import MiniLMObjective
 
     if method == "minilm":

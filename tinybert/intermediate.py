@@ -7,7 +7,8 @@
 
 W is `fit_dense`, one trainable nn.Linear(student hidden, teacher hidden) shared by all layers (as in TinyBERT),
 sized from the two configs. Sums over layers as in the original. The formulas of each term are in
-`tinybert.losses`. Attention scores are rebuilt from the query/key projections captured by forward hooks, so both
+`tinybert.losses`; `reduction="original"` uses TinyBERT's means over every padded position instead
+(`hidden_mse_original`, `attention_score_mse_original`). Attention scores are rebuilt from the query/key projections captured by forward hooks, so both
 models keep their SDPA attention.
 """
 from __future__ import annotations
@@ -20,14 +21,16 @@ from torch import nn
 from kdcore.cli import UserError
 from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers, freeze
 
-from .losses import attention_score_mse, hidden_mse, layer_mapping
+from .losses import attention_score_mse, attention_score_mse_original, hidden_mse, hidden_mse_original, layer_mapping
 
 TERMS = ("embedding", "hidden", "attention")
+LOSS_REDUCTIONS = ("real_tokens", "original")  # the toolkit's default, TinyBERT's code
 
 
 class TinyBertIntermediateObjective(nn.Module):
-    def __init__(self, teacher: nn.Module, student: nn.Module):
+    def __init__(self, teacher: nn.Module, student: nn.Module, reduction: str = "real_tokens"):
         super().__init__()
+        self.reduction = reduction
         self.teacher = freeze(teacher)  # eval mode, no gradients, never in the optimizer
         self.student = student
         self.teacher_layers = check_layer_compatibility(teacher, student)  # student layer i <- teacher_layers[i]
@@ -58,7 +61,7 @@ class TinyBertIntermediateObjective(nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         return intermediate_layer_losses(self.teacher, self.student, self.fit_dense, self.teacher_layers,
-                                         input_ids, attention_mask, token_type_ids)
+                                         input_ids, attention_mask, token_type_ids, reduction=self.reduction)
 
 
 def check_layer_compatibility(teacher: nn.Module, student: nn.Module) -> list[int]:
@@ -79,11 +82,19 @@ def check_layer_compatibility(teacher: nn.Module, student: nn.Module) -> list[in
 
 
 def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input_ids, attention_mask,
-                              token_type_ids=None) -> dict[str, torch.Tensor]:
+                              token_type_ids=None, reduction: str = "real_tokens") -> dict[str, torch.Tensor]:
     """{"loss": L_emb + L_hidden + L_att, "embedding", "hidden", "attention"} for one batch (see module docstring).
 
     `teacher` and `student` are bare encoders (pass `model.base_model` for models with a task head).
+    `reduction`: "real_tokens" (means over real tokens only) or "original" (TinyBERT's means over all positions).
     """
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; expected one of {LOSS_REDUCTIONS}")
+    if reduction == "original":
+        hidden_loss, attention_loss = hidden_mse_original, attention_score_mse_original
+    else:
+        hidden_loss = lambda s, t: hidden_mse(s, t, attention_mask)  # noqa: E731
+        attention_loss = lambda s, t: attention_score_mse(s, t, attention_mask)  # noqa: E731
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True}
     if token_type_ids is not None:
         inputs["token_type_ids"] = token_type_ids
@@ -94,15 +105,12 @@ def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input
     with SelfAttentionCapture(student, student_layers, parts) as s_cap:
         s_hidden = student(**inputs).hidden_states
     k = len(t_hidden[1:]) // len(s_hidden[1:])
-    embedding = hidden_mse(fit_dense(s_hidden[0]), t_hidden[0], attention_mask)
-    hidden = sum(
-        hidden_mse(fit_dense(s_hidden[j]), t_hidden[j * k], attention_mask) for j in range(1, len(s_hidden))
-    )
+    embedding = hidden_loss(fit_dense(s_hidden[0]), t_hidden[0])
+    hidden = sum(hidden_loss(fit_dense(s_hidden[j]), t_hidden[j * k]) for j in range(1, len(s_hidden)))
     attention = sum(
-        attention_score_mse(
+        attention_loss(
             attention_scores(s_cap[s].query, s_cap[s].key, attention_mask),
             attention_scores(t_cap[t].query, t_cap[t].key, attention_mask),
-            attention_mask,
         )
         for s, t in zip(student_layers, teacher_layers)
     )

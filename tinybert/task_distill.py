@@ -7,7 +7,9 @@ Stage 1 (intermediate layers, default): for student layer i and teacher layer g(
 with the embedding output e, layer outputs h, raw attention scores A = QK^T/sqrt(d) (padded positions
 excluded, see tinybert/losses.py) and W the trainable `fit_dense` (student width -> the teacher's width, read
 from the teacher's config). Stage 2 (`--pred_distill`): soft cross-entropy against the teacher's logits at
-temperature T; for STS-B (regression) the MSE to the teacher's score, not the gold label.
+temperature T; for STS-B (regression) the MSE to the teacher's score (`--stsb_target teacher`, default) or, as
+TinyBERT's code did, to the gold score (`--stsb_target gold`). `--loss_reduction original` reduces every term as
+TinyBERT's code did (means over all padded positions; soft cross-entropy also averaged over classes).
 
 The teacher is frozen, in eval mode, and registered as `objective.teacher`; Q/K come from forward hooks
 (`SelfAttentionCapture`), so both models keep SDPA attention.
@@ -28,7 +30,7 @@ from tinybert.classification import (
 )
 from tinybert.glue import GlueTask, get_task, label_order, load_split
 from tinybert.intermediate import check_layer_compatibility, intermediate_layer_losses
-from tinybert.losses import regression_mse, soft_cross_entropy
+from tinybert.losses import regression_mse, soft_cross_entropy, soft_cross_entropy_original
 
 logger = logging.getLogger("kd.task_distill")
 
@@ -36,13 +38,16 @@ logger = logging.getLogger("kd.task_distill")
 class TaskDistillObjective(nn.Module):
     """forward(**batch) -> {"loss", per-term losses}; `pred_distill` picks the stage."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, task: GlueTask, pred_distill: bool, temperature: float = 1.0):
+    def __init__(self, student: nn.Module, teacher: nn.Module, task: GlueTask, pred_distill: bool, temperature: float = 1.0,
+                 loss_reduction: str = "real_tokens", stsb_target: str = "teacher"):
         super().__init__()
         self.student = student
         self.teacher = teacher  # frozen; excluded from checkpoints and from DDP by the runtime
         self.task = task
         self.pred_distill = pred_distill
         self.temperature = temperature
+        self.loss_reduction = loss_reduction  # "real_tokens" or TinyBERT's "original"
+        self.regression_target = stsb_target  # "teacher" or "gold": what a regression student is fitted to
         if not pred_distill:
             self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model)
             self.fit_dense = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
@@ -55,7 +60,7 @@ class TaskDistillObjective(nn.Module):
     def intermediate_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         inputs = model_inputs(batch)
         losses = intermediate_layer_losses(self.teacher.base_model, self.student.base_model, self.fit_dense,
-                                           self.teacher_layers, **inputs)
+                                           self.teacher_layers, **inputs, reduction=self.loss_reduction)
         return {k: v if k == "loss" else v.detach() for k, v in losses.items()}
 
     def prediction_loss(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -64,7 +69,10 @@ class TaskDistillObjective(nn.Module):
         with torch.no_grad():
             t_logits = self.teacher(**inputs).logits
         if self.task.labels is None:
-            loss = regression_mse(s_logits, t_logits)
+            target = batch["labels"] if self.regression_target == "gold" else t_logits
+            loss = regression_mse(s_logits, target)
+        elif self.loss_reduction == "original":
+            loss = soft_cross_entropy_original(s_logits, t_logits, self.temperature)
         else:
             loss = soft_cross_entropy(s_logits, t_logits, self.temperature)
         return {"loss": loss, "cls_loss": loss.detach()}
@@ -73,6 +81,8 @@ class TaskDistillObjective(nn.Module):
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
+        if labels is not None:
+            batch["labels"] = labels
         return self.prediction_loss(batch) if self.pred_distill else self.intermediate_losses(batch)
 
 
@@ -164,7 +174,10 @@ def run_task_distill(args) -> dict:
 
     examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
     train_set = GlueDataset(examples, tokenizer, task, labels, args.max_seq_length)
-    objective = TaskDistillObjective(student, teacher, task, args.pred_distill, args.temperature)
+    if args.stsb_target == "gold" and task.labels is not None:
+        raise UserError(f"--stsb_target gold is for the regression task STS-B, not {task.name}")
+    objective = TaskDistillObjective(student, teacher, task, args.pred_distill, args.temperature,
+                                     loss_reduction=args.loss_reduction, stsb_target=args.stsb_target)
     denom = max(1, args.gradient_accumulation_steps) * rt.world_size
     if args.train_batch_size % denom:
         raise UserError(f"--train_batch_size {args.train_batch_size} is not divisible by gradient accumulation steps "
