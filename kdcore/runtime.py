@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import model_card
 from .cli import UserError, ensure_writable_dir
 from .modeling import atomic_dir
 
@@ -520,6 +521,7 @@ def train(
                 frozen.eval()
             record = {"step": state.global_step, **{f"eval_{k}": v for k, v in metrics.items()}}
             state.eval_history.append(record)
+            model_card.note_evaluation(record)
             log.log(record)
             if metric_for_best is not None:
                 if metric_for_best not in metrics:
@@ -590,6 +592,7 @@ def train(
             state.global_step += 1
             progress.update(1)
             last_losses = {k: v / running_count for k, v in running.items()}
+            model_card.note_progress(state.global_step, last_losses)  # for the cards of the folders saved next
 
             if state.global_step % max(1, args.logging_steps) == 0 or state.global_step == total_steps:
                 elapsed = max(time.time() - t0, 1e-9)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kdcore import model_card
 from kdcore.cli import UserError, read_json_file
 
 logger = logging.getLogger("kd")
@@ -587,5 +588,6 @@ def run(args) -> dict | None:
         "results": results,
     }
     atomic_write_json(report, os.path.join(args.output_dir, "eval_results.json"))
+    model_card.note_results(report, args.output_dir)
     rt.barrier()
     return report

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kdcore import model_card
 from kdcore.cli import UserError
 
 logger = logging.getLogger("kd")
@@ -273,5 +274,6 @@ def run(args) -> dict | None:
                           "on dev (the set the checkpoint was selected on)")
         logger.warning(report["note"])
     atomic_write_json(report, os.path.join(args.output_dir, "eval_results.json"))
+    model_card.note_results(report, args.output_dir)
     rt.barrier()
     return report

@@ -188,6 +188,16 @@ def test_squad_v2_train_eval_all_checkpoints_and_reload(tmp_path, squad_dir, tin
     assert saved["total"] == 60 and saved["HasAns_total"] + saved["NoAns_total"] == 60
     assert list(saved["results"]) == ["checkpoint-10", "checkpoint-20", "checkpoint-" + str(_last_step(out)), "final"]
     assert (out / "checkpoint-10" / "predictions.json").is_file()
+    # model cards: every checkpoint has one; the final one carries the official figures as Hub metrics
+    from kdcore.model_card import read_front_matter
+
+    assert read_front_matter(out / "checkpoint-10")["datasets"] == ["squad_v2"]
+    meta = read_front_matter(out)
+    assert meta["base_model"] == str(tiny_qa_dir) and meta["pipeline_tag"] == "question-answering"
+    values = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert values["exact"] == pytest.approx(saved["exact"]) and values["best_non_null_f1"] == pytest.approx(
+        saved["best_non_null_f1"])
+    assert "total" not in values and "best_f1_thresh" not in values
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"]
 
