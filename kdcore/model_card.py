@@ -18,6 +18,7 @@ inside its run's `--output_dir`; any other folder gets a card from its config al
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import os
 import shlex
@@ -99,7 +100,7 @@ def note_results(results: dict, folder: str) -> None:
     if _RUN is not None and _describes(_RUN, folder):
         _RUN.results = _jsonable(results)
     if os.path.isfile(os.path.join(folder, "config.json")):
-        write_model_card(folder)
+        write_model_card(folder, results=_jsonable(results))
 
 
 def _describes(run: RunRecord, folder: str) -> bool:
@@ -112,6 +113,7 @@ def _describes(run: RunRecord, folder: str) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 # Facts gathered for the card
 # --------------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def toolkit_version() -> dict:
     """{"name", "version", "commit", "dirty"}; commit and dirty are None outside a git checkout."""
     from kdcore import __version__
@@ -241,7 +243,7 @@ def _numbers(results: dict) -> dict:
 def training_args(folder: str, run: RunRecord | None) -> dict:
     """The training_args.json content for `folder` (`run` None: what the folder is, without a run record)."""
     out = {"folder": os.path.abspath(folder), "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"), "toolkit": toolkit_version()}
+        timespec="seconds"), "toolkit": dict(toolkit_version())}
     if run is None:
         out["note"] = "written outside a recorded run (not inside the run's --output_dir): no training facts"
         return out
@@ -278,8 +280,8 @@ def _front_matter(folder: str, run: RunRecord | None, facts: dict) -> dict:
     datasets = _datasets(run)
     if datasets:
         meta["datasets"] = datasets
-    results = _numbers(run.results or {k.removeprefix("eval_"): v for k, v in run.last_evaluation.items()
-                                       if k != "step"})
+    results = _numbers(facts["results"] or {k.removeprefix("eval_"): v for k, v in facts["last_evaluation"].items()
+                                            if k != "step"})
     if results:
         meta["metrics"] = sorted(results)
         meta["model-index"] = [{
@@ -315,9 +317,9 @@ def _card_text(folder: str, config, run: RunRecord | None, facts: dict) -> str:
     lines += [f"Made by `{run.script}` ({made_by}): {method}, {verb} `{base}`." if base else
               f"Made by `{run.script}` ({made_by}): {method}.", ""]
     rows = [("method", method), ("teacher / base model" if base else "base model", f"`{base}`" if base else "-"),
-            ("training steps", str(run.global_step) if run.global_step is not None else "-")]
-    if run.losses:
-        rows.append(("final loss terms", ", ".join(f"{k} {v:.4g}" for k, v in run.losses.items())))
+            ("training steps", str(facts["global_step"]) if facts["global_step"] is not None else "-")]
+    if facts["final_losses"]:
+        rows.append(("final loss terms", ", ".join(f"{k} {v:.4g}" for k, v in facts["final_losses"].items())))
     for item in facts["inputs"]:
         rows.append((f"input {item['argument']}", f"`{item['path']}` ({item['bytes']:,} bytes, {item['files']} "
                                                  f"file(s), sha256 {item['sha256'][:16]}...)"))
@@ -334,10 +336,12 @@ def _card_text(folder: str, config, run: RunRecord | None, facts: dict) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(folder: str, config=None) -> None:
+def write_model_card(folder: str, config=None, results: dict | None = None) -> None:
     """Write (or refresh) README.md and training_args.json in the model folder `folder`, atomically.
 
-    `config` is the model's config (read from `folder`/config.json when None).
+    `config` is the model's config (read from `folder`/config.json when None). With `results` (the run's final
+    results, written after the model was saved) the folder's own training facts are kept - its step and losses
+    are those of the model in it (e.g. the best checkpoint), not of the run's last step - and the results added.
     """
     from kdcore.modeling import atomic_write_json, atomic_write_text
 
@@ -350,8 +354,24 @@ def write_model_card(folder: str, config=None) -> None:
             config = None
     run = _RUN if _RUN is not None and _describes(_RUN, folder) else None
     facts = training_args(folder, run)
+    if run is not None and results is not None:
+        saved = _read_training_args(folder)
+        if saved is not None and saved.get("command") == facts["command"]:
+            for key in ("global_step", "final_losses", "last_evaluation"):
+                facts[key] = saved.get(key, facts[key])
+        facts["results"] = results
     atomic_write_json(facts, os.path.join(folder, ARGS_FILE))
     atomic_write_text(_card_text(folder, config, run, facts), os.path.join(folder, CARD_FILE))
+
+
+def _read_training_args(folder: str) -> dict | None:
+    import json
+
+    try:
+        with open(os.path.join(folder, ARGS_FILE), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def read_front_matter(folder: str) -> dict:

@@ -234,6 +234,17 @@ def test_glue_pipeline_on_real_slices(tmp_path, shared_data, base_teacher_dir, t
     assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 64
     assert student.config.id2label == teacher.config.id2label
     assert not os.path.exists(os.path.join(s2, "fit_dense.safetensors"))
+    # its model card describes the best checkpoint it holds: that step, and the reported result as a Hub metric
+    from kdcore.model_card import read_front_matter
+
+    card = _json(os.path.join(s2, "training_args.json"))
+    assert card["global_step"] == res2["global_step"] and card["results"][task.metric] == res2[task.metric]
+    assert card["args"]["pred_distill"] is True and card["inputs"][0]["path"] == os.path.abspath(data)
+    meta = read_front_matter(s2)
+    assert meta["base_model"] == teacher_dir and meta["datasets"] == [f"glue/{task_name}"]
+    assert {"tinybert", "task-distillation", "prediction-layer"} <= set(meta["tags"])
+    metrics = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics[task.metric] == pytest.approx(res2[task.metric])
 
     # 4) evaluation only: the saved model reproduces the reported numbers
     task_distill.main(["--do_eval", "--student_model", s2, "--task_name", task_name] + _common(data, ev))
