@@ -173,6 +173,14 @@ def test_stage2_original_options(task_name, num_labels):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_stsb_target_gold_is_refused_for_classification(tmp_path, shared_data):
+    with pytest.raises(UserError, match="--stsb_target gold is for the regression task STS-B, not SST-2"):
+        task_distill.main(["--pred_distill", "--teacher_model", "T", "--student_model", STUDENT_CONFIG, "--task_name",
+                           "SST-2", "--data_dir", os.path.join(shared_data, "glue", "SST-2"), "--output_dir",
+                           str(tmp_path / "out"), "--stsb_target", "gold"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_head_count_mismatch_is_a_clear_error():
     from transformers import BertConfig, BertForSequenceClassification
 

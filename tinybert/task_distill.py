@@ -120,6 +120,8 @@ def run_task_distill(args) -> dict:
 
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
+    if args.stsb_target == "gold" and task.labels is not None:
+        raise UserError(f"--stsb_target gold is for the regression task STS-B, not {task.name}")
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data_dir: no such folder: {args.data_dir}")
     ensure_writable_dir(args.output_dir)
@@ -174,8 +176,6 @@ def run_task_distill(args) -> dict:
 
     examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
     train_set = GlueDataset(examples, tokenizer, task, labels, args.max_seq_length)
-    if args.stsb_target == "gold" and task.labels is not None:
-        raise UserError(f"--stsb_target gold is for the regression task STS-B, not {task.name}")
     objective = TaskDistillObjective(student, teacher, task, args.pred_distill, args.temperature,
                                      loss_reduction=args.loss_reduction, stsb_target=args.stsb_target)
     denom = max(1, args.gradient_accumulation_steps) * rt.world_size
