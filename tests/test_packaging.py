@@ -45,6 +45,15 @@ def test_every_script_has_its_command_and_module():
     assert len(scripts) == len(_top_level_scripts()) and modules == {"kd_commands", *_top_level_scripts()}
 
 
+def _packages() -> list[str]:
+    return [pattern.rstrip("*") for pattern in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]]
+
+
+def test_every_package_is_installed():
+    found = sorted(d for d in os.listdir(REPO) if os.path.isfile(os.path.join(REPO, d, "__init__.py")) and d != "tests")
+    assert sorted(_packages()) == found
+
+
 def test_requirements_are_the_package_dependencies_plus_extras():
     project = _pyproject()["project"]
     declared = {_name(r) for r in project["dependencies"]}
@@ -60,7 +69,7 @@ def _copy_package_sources(dest: str) -> None:
     os.makedirs(dest)
     for name in ("pyproject.toml", "README.md", *(m + ".py" for m in project["tool"]["setuptools"]["py-modules"])):
         shutil.copy(os.path.join(REPO, name), dest)
-    for package in ("kdcore", "tinybert", "minilm"):
+    for package in _packages():
         shutil.copytree(os.path.join(REPO, package), os.path.join(dest, package),
                         ignore=shutil.ignore_patterns("__pycache__"))
 
