@@ -10,7 +10,7 @@ import argparse
 import os
 
 from kdcore.cli import parse_args, run_main
-from kdcore.demo import SCALES, run_demo
+from pipelines.demo import SCALES, run_demo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -24,7 +24,7 @@ def packaged_teacher() -> str | None:
         return None
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default=os.path.join(HERE, "runs", "demo"))
     p.add_argument("--data_dir", default=os.environ.get("KD_SHARED_DATA", os.path.join(HERE, "..", "shared", "data")))
@@ -40,7 +40,11 @@ def main(argv=None):
     p.add_argument("--student_lr", type=float, default=1e-4)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the distillation stage")
     p.add_argument("--seed", type=int, default=42)
-    run_demo(parse_args(p, argv))
+    return p
+
+
+def main(argv=None):
+    return run_demo(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 
 from kdcore.cli import parse_args, run_main
 from kdcore.runtime import add_runtime_args
+from tinybert.intermediate import LOSS_REDUCTION
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_step", type=int, default=50, help="stage 2: evaluate (and keep the best) every N steps")
     p.add_argument("--pred_distill", action="store_true", help="stage 2: prediction-layer distillation")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--loss_reduction", choices=["real_tokens", "original"], default="real_tokens",
-                   help="real_tokens (default): every loss term is a mean over real tokens only, unchanged by padding; "
-                        "original: TinyBERT's code, means over every padded position (the loss shrinks as padding "
-                        "grows) and the soft cross-entropy also averaged over classes")
+    p.add_argument(LOSS_REDUCTION.flag, **LOSS_REDUCTION.kwargs)  # shared with general_distill.py's tinybert
     p.add_argument("--stsb_target", choices=["teacher", "gold"], default="teacher",
                    help="STS-B prediction-layer distillation regresses on the teacher's score (default) or, as "
                         "TinyBERT's code, on the gold score")
@@ -54,10 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = parse_args(build_parser(), argv)
     from tinybert.task_distill import run_task_distill
 
-    return run_task_distill(args)
+    return run_task_distill(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ generation, with the post-processing of UniLM's evaluation scripts.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -354,3 +355,14 @@ def score_files(pred_file: str, gold_file: str, task: str, src_file: str | None 
         result = score_summarization(preds, refs, "cnndm" if task == "cnndm" else "summarization")
     result.update({"pred": os.path.abspath(pred_file), "gold": os.path.abspath(gold_file)})
     return result
+
+
+def run(args) -> dict:
+    """eval_seq2seq.py: score --pred against --gold, write --output_json (default <pred>.scores.json)."""
+    from kdcore.modeling import atomic_write_json
+
+    task = args.task if args.task in ("qg", "cnndm") else "summarization"  # xsum: XSum's rules
+    scores = score_files(args.pred, args.gold, task, src_file=args.src_file, nltk_data=args.nltk_data)
+    atomic_write_json(scores, args.output_json or args.pred + ".scores.json")
+    print(json.dumps(scores, indent=2))
+    return scores

@@ -16,7 +16,7 @@ import tomllib
 
 from conftest import REPO
 
-import kd_commands
+from pipelines import commands
 
 PYPROJECT = os.path.join(REPO, "pyproject.toml")
 
@@ -27,7 +27,7 @@ def _pyproject() -> dict:
 
 
 def _top_level_scripts() -> list[str]:
-    return sorted(f[:-3] for f in os.listdir(REPO) if f.endswith(".py") and f != "kd_commands.py")
+    return sorted(f[:-3] for f in os.listdir(REPO) if f.endswith(".py"))
 
 
 def _name(requirement: str) -> str:
@@ -39,10 +39,10 @@ def test_every_script_has_its_command_and_module():
     scripts = project["project"]["scripts"]
     modules = set(project["tool"]["setuptools"]["py-modules"])
     for script in _top_level_scripts():
-        command = kd_commands.command_name(script)
-        assert scripts.get(command) == f"kd_commands:{script}", command
-        assert script in modules and callable(getattr(kd_commands, script))
-    assert len(scripts) == len(_top_level_scripts()) and modules == {"kd_commands", *_top_level_scripts()}
+        command = commands.command_name(script)
+        assert scripts.get(command) == f"pipelines.commands:{script}", command
+        assert script in modules and callable(getattr(commands, script))
+    assert len(scripts) == len(_top_level_scripts()) and modules == set(_top_level_scripts())
 
 
 def _packages() -> list[str]:

@@ -7,43 +7,60 @@
 
 W is `fit_dense`, one trainable nn.Linear(student hidden, teacher hidden) shared by all layers (as in TinyBERT),
 sized from the two configs. Sums over layers as in the original. The formulas of each term are in
-`tinybert.losses`; `reduction="original"` uses TinyBERT's means over every padded position instead
-(`hidden_mse_original`, `attention_score_mse_original`). Attention scores are rebuilt from the query/key projections captured by forward hooks, so both
-models keep their SDPA attention.
+`tinybert.losses`; `reduction="original"` (`--loss_reduction original`) uses TinyBERT's means over every padded
+position instead (`hidden_mse_original`, `attention_score_mse_original`). Attention scores are rebuilt from the
+query/key projections captured by forward hooks, so both models keep their SDPA attention.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 from torch import nn
 
+from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
-from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers, freeze
+from kdcore.distill import DistillMethod, option
+from kdcore.families import require_qk_attention
+from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers
+from kdcore.objective import DistillObjective
 
 from .losses import attention_score_mse, attention_score_mse_original, hidden_mse, hidden_mse_original, layer_mapping
 
-TERMS = ("embedding", "hidden", "attention")
+logger = logging.getLogger("kd")
+
 LOSS_REDUCTIONS = ("real_tokens", "original")  # the toolkit's default, TinyBERT's code
+# One definition for general distillation (a tinybert method option) and task distillation (task_distill.py).
+LOSS_REDUCTION = option(
+    "--loss_reduction", choices=list(LOSS_REDUCTIONS), default="real_tokens",
+    help="TinyBERT losses: means over real tokens only (default, unchanged by padding), or 'original': TinyBERT's "
+    "code, means over every padded position (the loss shrinks as padding grows) and, in task distillation stage 2, "
+    "a soft cross-entropy averaged over classes too")
 
 
-class TinyBertIntermediateObjective(nn.Module):
+class TinyBertIntermediateObjective(DistillObjective):
+    """The intermediate-layer objective for a bare encoder pair (general distillation) or a pair with task heads
+    (task distillation stage 1: the losses read the encoders, `student.base_model`, and the heads are frozen)."""
+
+    TERMS = ("embedding", "hidden", "attention")
+
     def __init__(self, teacher: nn.Module, student: nn.Module, reduction: str = "real_tokens"):
-        super().__init__()
-        self.reduction = reduction
-        self.teacher = freeze(teacher)  # eval mode, no gradients, never in the optimizer
-        self.student = student
-        self.teacher_layers = check_layer_compatibility(teacher, student)  # student layer i <- teacher_layers[i]
-        self.fit_dense = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
-        self.fit_dense.weight.data.normal_(mean=0.0, std=getattr(student.config, "initializer_range", 0.02))
-        self.fit_dense.bias.data.zero_()
-        if getattr(student, "pooler", None) is not None:
-            freeze(student.pooler)  # no loss term reaches it: keep it out of the optimizer and of DDP's gradient sync
+        if reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"unknown loss reduction {reduction!r}; expected one of {LOSS_REDUCTIONS}")
+        for model in (teacher, student):
+            require_qk_attention(model.config, "tinybert")
+        super().__init__(teacher, student)
+        self.reduction = reduction  # "real_tokens" (the toolkit's) or "original" (TinyBERT's code)
+        self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model)  # student i <- these
+        self.fit_dense = build_fit_dense(student.config, teacher.config)
+        # No loss term reaches the pooler or a task head: keep them out of the optimizer and of DDP's gradient sync.
+        base = student.base_model
+        heads = [] if base is student else [m for m in student.children() if m is not base]
+        self.freeze_unreached(getattr(base, "pooler", None), *heads)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()
-        return self
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"fit_dense": self.fit_dense}
 
     def load_fit_dense(self, folder: str) -> bool:
         """Load `fit_dense.safetensors` saved beside a student (for --continue_train); False if there is none."""
@@ -59,9 +76,36 @@ class TinyBertIntermediateObjective(nn.Module):
             raise UserError(f"{path}: does not fit this teacher/student pair ({err})")
         return True
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return intermediate_layer_losses(self.teacher, self.student, self.fit_dense, self.teacher_layers,
-                                         input_ids, attention_mask, token_type_ids, reduction=self.reduction)
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        # `labels` (task distillation batches carry them) are not used by these losses.
+        return intermediate_layer_losses(self.teacher.base_model, self.student.base_model, self.fit_dense,
+                                         self.teacher_layers, input_ids, attention_mask, token_type_ids,
+                                         reduction=self.reduction)
+
+
+def build_fit_dense(student_config, teacher_config) -> nn.Linear:
+    """W: student width -> teacher width, initialised as BERT initialises a linear layer (as TinyBERT's
+    init_bert_weights did for fit_dense): weights N(0, initializer_range), bias 0."""
+    fit_dense = nn.Linear(student_config.hidden_size, teacher_config.hidden_size)
+    fit_dense.weight.data.normal_(mean=0.0, std=getattr(student_config, "initializer_range", 0.02))
+    fit_dense.bias.data.zero_()
+    return fit_dense
+
+
+def build_objective(args, teacher, student) -> TinyBertIntermediateObjective:
+    objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction)
+    if args.continue_train and objective.load_fit_dense(args.student_model):
+        logger.info("continuing fit_dense from %s", args.student_model)
+    return objective
+
+
+METHOD = DistillMethod(
+    name="tinybert",
+    summary="embedding + hidden-state MSE (through fit_dense) + attention-score MSE on mapped layers (TinyBERT's "
+    "general distillation; the default)",
+    options=(LOSS_REDUCTION,),
+    build=build_objective,
+)
 
 
 def check_layer_compatibility(teacher: nn.Module, student: nn.Module) -> list[int]:
@@ -95,9 +139,7 @@ def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input
     else:
         hidden_loss = lambda s, t: hidden_mse(s, t, attention_mask)  # noqa: E731
         attention_loss = lambda s, t: attention_score_mse(s, t, attention_mask)  # noqa: E731
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True}
-    if token_type_ids is not None:
-        inputs["token_type_ids"] = token_type_ids
+    inputs = encoder_inputs(input_ids, attention_mask, token_type_ids, output_hidden_states=True)
     parts = ("query", "key")
     student_layers = list(range(len(teacher_layers)))
     with torch.no_grad(), SelfAttentionCapture(teacher, teacher_layers, parts) as t_cap:

@@ -11,8 +11,9 @@ temperature T; for STS-B (regression) the MSE to the teacher's score (`--stsb_ta
 TinyBERT's code did, to the gold score (`--stsb_target gold`). `--loss_reduction original` reduces every term as
 TinyBERT's code did (means over all padded positions; soft cross-entropy also averaged over classes).
 
-The teacher is frozen, in eval mode, and registered as `objective.teacher`; Q/K come from forward hooks
-(`SelfAttentionCapture`), so both models keep SDPA attention.
+Stage 1 is `tinybert.intermediate.TinyBertIntermediateObjective` (the general-distillation objective, reading
+the encoders of the two classifiers), stage 2 `PredictionDistillObjective`; both are `kdcore.objective.
+DistillObjective`s (frozen teacher kept out of the optimizer, DDP and checkpoints).
 """
 from __future__ import annotations
 
@@ -22,54 +23,43 @@ import os
 import torch
 from torch import nn
 
+from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import build_student, load_teacher, save_model
+from kdcore.finetune import predict_batches
+from kdcore.modeling import build_student, load_teacher
+from kdcore.objective import DistillObjective
 from tinybert.classification import (
     GlueDataset, evaluate_all, eval_sets, has_tokenizer, is_classifier_config, label_config, load_classifier,
-    model_inputs, predict_test_sets, read_folder_config, write_results,
+    predict_test_sets, read_folder_config, write_results,
 )
 from tinybert.glue import GlueTask, get_task, label_order, load_split
-from tinybert.intermediate import check_layer_compatibility, intermediate_layer_losses
+from tinybert.intermediate import TinyBertIntermediateObjective
 from tinybert.losses import regression_mse, soft_cross_entropy, soft_cross_entropy_original
 
 logger = logging.getLogger("kd.task_distill")
 
 
-class TaskDistillObjective(nn.Module):
-    """forward(**batch) -> {"loss", per-term losses}; `pred_distill` picks the stage."""
+class PredictionDistillObjective(DistillObjective):
+    """Stage 2: the student's logits against the teacher's (soft cross-entropy at `temperature`; MSE for
+    regression tasks, to the teacher's score or, with stsb_target="gold", to the gold score)."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, task: GlueTask, pred_distill: bool, temperature: float = 1.0,
+    TERMS = ("cls_loss",)
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, task: GlueTask, temperature: float = 1.0,
                  loss_reduction: str = "real_tokens", stsb_target: str = "teacher"):
-        super().__init__()
-        self.student = student
-        self.teacher = teacher  # frozen; excluded from checkpoints and from DDP by the runtime
+        super().__init__(teacher, student)
         self.task = task
-        self.pred_distill = pred_distill
         self.temperature = temperature
-        self.loss_reduction = loss_reduction  # "real_tokens" or TinyBERT's "original"
+        self.loss_reduction = loss_reduction  # "real_tokens" or TinyBERT's "original" (class-averaged soft CE)
         self.regression_target = stsb_target  # "teacher" or "gold": what a regression student is fitted to
-        if not pred_distill:
-            self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model)
-            self.fit_dense = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
-            # The pooler and the classifier get no gradient from these losses: freeze them (as unused parameters
-            # they would also stall DDP's gradient reduction).
-            for name, p in student.named_parameters():
-                if not name.startswith(student.base_model_prefix + ".") or ".pooler." in name:
-                    p.requires_grad_(False)
 
-    def intermediate_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        inputs = model_inputs(batch)
-        losses = intermediate_layer_losses(self.teacher.base_model, self.student.base_model, self.fit_dense,
-                                           self.teacher_layers, **inputs, reduction=self.loss_reduction)
-        return {k: v if k == "loss" else v.detach() for k, v in losses.items()}
-
-    def prediction_loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        inputs = model_inputs(batch)
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        inputs = encoder_inputs(input_ids, attention_mask, token_type_ids)
         s_logits = self.student(**inputs).logits
         with torch.no_grad():
             t_logits = self.teacher(**inputs).logits
         if self.task.labels is None:
-            target = batch["labels"] if self.regression_target == "gold" else t_logits
+            target = labels if self.regression_target == "gold" else t_logits
             loss = regression_mse(s_logits, target)
         elif self.loss_reduction == "original":
             loss = soft_cross_entropy_original(s_logits, t_logits, self.temperature)
@@ -77,26 +67,18 @@ class TaskDistillObjective(nn.Module):
             loss = soft_cross_entropy(s_logits, t_logits, self.temperature)
         return {"loss": loss, "cls_loss": loss.detach()}
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            batch["token_type_ids"] = token_type_ids
-        if labels is not None:
-            batch["labels"] = labels
-        return self.prediction_loss(batch) if self.pred_distill else self.intermediate_losses(batch)
 
-
-@torch.no_grad()
-def mean_distill_losses(objective: TaskDistillObjective, dataset: GlueDataset, batch_size: int, device) -> dict:
+def mean_distill_losses(objective: DistillObjective, dataset: GlueDataset, batch_size: int, device) -> dict:
     """The stage's loss terms averaged over a (dev) set, example-weighted."""
+    def step(objective, batch):
+        n = len(batch["input_ids"])
+        return n, {k: float(v) * n for k, v in objective(**batch).items()}
+
     totals, count = {}, 0
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-        batch = {k: v.to(device) for k, v in dataset.collate(items).items()}
-        out = objective(**batch)
-        for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v) * len(items)
-        count += len(items)
+    for n, sums in predict_batches(objective, dataset, dataset.collate, batch_size, device, step):
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + v
+        count += n
     return {f"distill_{k}": v / max(1, count) for k, v in totals.items()}
 
 
@@ -116,7 +98,8 @@ def run_task_distill(args) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from kdcore.modeling import load_tokenizer
-    from kdcore.runtime import Runtime, train
+    from kdcore.runtime import Runtime
+    from kdcore.trainer import train
 
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
@@ -176,27 +159,27 @@ def run_task_distill(args) -> dict:
 
     examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
     train_set = GlueDataset(examples, tokenizer, task, labels, args.max_seq_length)
-    objective = TaskDistillObjective(student, teacher, task, args.pred_distill, args.temperature,
-                                     loss_reduction=args.loss_reduction, stsb_target=args.stsb_target)
+    if args.pred_distill:
+        objective = PredictionDistillObjective(teacher, student, task, args.temperature,
+                                               loss_reduction=args.loss_reduction, stsb_target=args.stsb_target)
+    else:
+        objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction)
     denom = max(1, args.gradient_accumulation_steps) * rt.world_size
     if args.train_batch_size % denom:
         raise UserError(f"--train_batch_size {args.train_batch_size} is not divisible by gradient accumulation steps "
                         f"x processes = {denom}")
     micro_batch = args.train_batch_size // denom
 
-    def save_fn(obj, folder):
-        extra = {"fit_dense": obj.fit_dense} if not obj.pred_distill else None
-        save_model(obj.student, folder, tokenizer, extra_modules=extra)
-
     def evaluate_fn(obj, step):
         result = evaluate_all(obj.student, sets, task, args.eval_batch_size, rt.device)
-        if not obj.pred_distill:  # stage 1: the intermediate losses on dev say how far the student got
+        if not args.pred_distill:  # stage 1: the intermediate losses on dev say how far the student got
             result.update(mean_distill_losses(obj, sets[""], args.eval_batch_size, rt.device))
         return result
 
     logger.info("stage %s: %d training examples, total batch %d", "2 (prediction layer)" if args.pred_distill
                 else "1 (intermediate layers)", len(train_set), args.train_batch_size)
-    result = train(rt, args, objective, train_set, train_set.collate, micro_batch, args.num_train_epochs, save_fn,
+    result = train(rt, args, objective, train_set, train_set.collate, micro_batch, args.num_train_epochs,
+                   lambda obj, folder: obj.save(folder, tokenizer),
                    evaluate_fn=evaluate_fn, eval_steps=args.eval_step if args.pred_distill else 0,
                    metric_for_best=task.metric if args.pred_distill else None)
     final = {}

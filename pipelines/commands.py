@@ -3,7 +3,7 @@
 
 Command names are the script names with `kd-` in front and hyphens for underscores (`general_distill.py` ->
 `kd-general-distill`); `pyproject.toml` lists them, and tests/test_packaging.py checks that every top-level
-script has its command.
+script has its command. The scripts are imported by name when a command runs (they sit above every package).
 """
 import importlib
 

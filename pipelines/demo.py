@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .cli import UserError, ensure_writable_dir
-from .modeling import atomic_write_json
+from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.modeling import atomic_write_json
 
 logger = logging.getLogger("kd.demo")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,7 +211,7 @@ def run_demo(args) -> dict:
         # The baseline: the distilled student's architecture with fresh random weights.
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        from .modeling import save_model
+        from kdcore.modeling import save_model
 
         torch.manual_seed(args.seed)
         config = AutoConfig.from_pretrained(student)
