@@ -22,7 +22,8 @@ from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
 from kdcore.distill import DistillMethod
 from kdcore.families import require_qk_attention
-from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers
+from kdcore.attention_capture import SelfAttentionCapture, attention_scores
+from kdcore.modeling import encoder_layers
 from kdcore.objective import DistillObjective
 
 from .losses import attention_score_mse, hidden_mse, layer_mapping
