@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcore import model_card
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.finetune import pad_collate, predict_batches
 from kdcore.modeling import atomic_write_json, check_vocab, load_model
@@ -178,6 +179,7 @@ def write_results(result: dict, output_dir: str, name: str = "eval_results.json"
         return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else float(v)
 
     atomic_write_json({k: number(v) for k, v in result.items()}, path)
+    model_card.note_results(result, output_dir)
     for k in sorted(result):
         logger.info("  %s = %s", k, result[k])
     return path
