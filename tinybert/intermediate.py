@@ -19,11 +19,11 @@ import os
 import torch
 from torch import nn
 
+from kdcore.attention_capture import SelfAttentionCapture, attention_scores
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
 from kdcore.distill import DistillMethod, option
 from kdcore.families import require_qk_attention
-from kdcore.attention_capture import SelfAttentionCapture, attention_scores
 from kdcore.modeling import encoder_layers
 from kdcore.objective import DistillObjective
 
