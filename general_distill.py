@@ -5,11 +5,10 @@
         --distill_method minilmv2 --output_dir OUT [--config configs/recipes/minilmv2_general_bert_base.yaml]
 
 METHODS is the table of methods: each row is one `kdcore.distill.DistillMethod` (its options and its objective),
-defined in its own file. A new method = one file + one row. The driver is `kdcore.distill.run` (parse, then
-distil).
+defined in its own file. A new method = one file + one row. The driver is `kdcore.distill.distill`.
 """
 from kdcore import distill
-from kdcore.cli import run_main
+from kdcore.cli import parse_args, run_main
 from minilm import v1 as minilm_v1, v2 as minilm_v2
 from tinybert import intermediate as tinybert
 
@@ -21,7 +20,7 @@ def build_parser():
 
 
 def main(argv=None):
-    return distill.run(argv, METHODS)
+    return distill.distill(parse_args(build_parser(), argv), METHODS)
 
 
 if __name__ == "__main__":

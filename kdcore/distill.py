@@ -3,7 +3,9 @@
 A method is one `DistillMethod` (name, its own options, a `build` function returning a `DistillObjective`),
 defined in its package (tinybert/, minilm/); `general_distill.py` holds the table of methods and passes it here:
 
-    run(argv, METHODS)          # = distill(parse_args(build_parser(METHODS), argv), METHODS)
+    parser = build_parser(METHODS)
+    args = parse_args(parser, argv)
+    distill(args, METHODS)
 
 Argument names and defaults follow TinyBERT's general_distill.py (BertAdam's weight decay 0.01 and epsilon 1e-6
 included); `--train_batch_size` is per process and includes gradient accumulation, as there.
@@ -19,7 +21,7 @@ from typing import Callable
 
 from torch import nn
 
-from .cli import UserError, parse_args
+from .cli import UserError
 from .families import max_input_positions, uses_token_type_ids
 from .modeling import build_student, load_teacher, load_tokenizer
 from .objective import DistillObjective
@@ -177,8 +179,3 @@ def distill(args, methods: dict[str, DistillMethod]):
         save_model_fn=lambda model, folder: model.save(folder, tokenizer),
         shuffle=False,  # PregeneratedTrainingData shuffles inside each epoch itself
     )
-
-
-def run(argv, methods: dict[str, DistillMethod], default_method: str = "tinybert"):
-    """The whole of general_distill.py: parse `argv` (with --config) against the methods' options, then distil."""
-    return distill(parse_args(build_parser(methods, default_method), argv), methods)
