@@ -1,10 +1,11 @@
 """General-distillation step throughput: teacher 12x768 (BERT-base shape) -> student 6x384, fp32 and bf16.
 
 One step is what the training runtime does per optimizer step: the real objective's forward under autocast (frozen
-teacher without gradients + student), backward, global-norm clipping (1.0), AdamW step, zero_grad. Methods:
-`minilmv2` (minilm.v2.MiniLMv2Objective, Q-Q/K-K/V-V relations of the last layers, 48 relation heads),
-`minilm` (minilm.v1.MiniLMv1Objective: attention + value relation) and `tinybert`
-(tinybert.intermediate.TinyBertIntermediateObjective: embeddings, every hidden state and attention score map).
+teacher without gradients + student), backward, global-norm clipping (1.0), AdamW step, zero_grad. Methods: every
+row of `general_distill.METHODS`, each objective built by the row itself from the options a run of
+general_distill.py gets by default (so a new method is benchmarked with no change here): `tinybert`
+(embeddings, every hidden state and attention score map), `minilm` (attention + value relation) and `minilmv2`
+(Q-Q/K-K/V-V relations of the last layers, 48 relation heads).
 Random weights (speed does not depend on them), random token ids, no padding: tokens per step = batch x seq.
 
 The table sets the achieved model FLOP/s beside this machine's own dense matmul rate in the same precision
@@ -27,7 +28,7 @@ Variants (--variants, before/after comparisons in one interleaved run): `current
 `unfused_kl` swaps MiniLM's chunked KL with analytic gradient (minilm.losses.pairwise_row_kl) for the unchunked
 autograd reference (masked_row_kl over scaled_dot_logits), i.e. the losses as they were before issue 14.
 
-    python bench/bench_distill.py [--full | --smoke] [--methods minilmv2 tinybert minilm] [--precisions fp32 bf16]
+    python bench/bench_distill.py [--full | --smoke] [--methods tinybert minilm minilmv2] [--precisions fp32 bf16]
                                   [--variants current unfused_kl] [--batch_size 32] [--seq_len 128] [--repeat N]
                                   [--out bench/results/distill.json]
 """
@@ -43,15 +44,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     apply_preset, bench_parser, machine_info, matmul_flops_per_s, median, report, timed)
 
+from general_distill import METHODS  # noqa: E402
+from kdcore import distill  # noqa: E402
 from kdcore.modeling import encoder_layers  # noqa: E402
 from kdcore.runtime import set_seed  # noqa: E402
 from kdcore.trainer import build_optimizer  # noqa: E402
 
 # name: (layers, hidden, heads, intermediate, vocab)
 SIZES = {
-    "bench": {"teacher": (12, 768, 12, 3072, 30522), "student": (6, 384, 12, 1536, 30522), "relation_heads": 48},
-    # smoke: tiny shapes that keep the methods' constraints (layers divide, equal heads, relation heads divide)
-    "smoke": {"teacher": (2, 96, 4, 192, 1000), "student": (1, 48, 4, 96, 1000), "relation_heads": 48},
+    "bench": {"teacher": (12, 768, 12, 3072, 30522), "student": (6, 384, 12, 1536, 30522)},
+    # smoke: tiny shapes that keep the methods' constraints (layers divide, equal heads, the default 48 relation
+    # heads divide both hidden sizes)
+    "smoke": {"teacher": (2, 96, 4, 192, 1000), "student": (1, 48, 4, 96, 1000)},
 }
 PRESETS = {  # repeat = timed steps per config (median), warmup = untimed steps per config
     "smoke": dict(repeat=1, warmup=1, batch_size=2, seq_len=16, matmul_n=128),
@@ -72,27 +76,23 @@ def linear_weights(modules) -> int:
     return sum(m.weight.numel() for mod in modules for m in mod.modules() if isinstance(m, nn.Linear))
 
 
-def step_flops(objective, method: str, tokens: int, seq_len: int) -> float:
+def step_flops(objective, tokens: int, seq_len: int) -> float:
     """Model FLOPs of one step (formula in the module docstring)."""
     t_layers, s_layers = encoder_layers(objective.teacher), encoder_layers(objective.student)
     t_h, s_h = objective.teacher.config.hidden_size, objective.student.config.hidden_size
     teacher = tokens * (2 * linear_weights(t_layers) + 4 * len(t_layers) * seq_len * t_h)
     student = 3 * tokens * (2 * linear_weights(s_layers) + 4 * len(s_layers) * seq_len * s_h)
-    fit = 3 * tokens * 2 * objective.fit_dense.weight.numel() * (len(s_layers) + 1) if method == "tinybert" else 0
+    fit_dense = getattr(objective, "fit_dense", None)  # TinyBERT's hidden-state projection
+    fit = 3 * tokens * 2 * fit_dense.weight.numel() * (len(s_layers) + 1) if fit_dense is not None else 0
     return float(teacher + student + fit)
 
 
 def build_objective(method: str, teacher, sizes: dict, seq_len: int):
-    from minilm.v1 import MiniLMv1Objective
-    from minilm.v2 import MiniLMv2Objective
-    from tinybert.intermediate import TinyBertIntermediateObjective
-
-    student = bert(*sizes["student"], seq_len)
-    if method == "tinybert":
-        return TinyBertIntermediateObjective(teacher, student)
-    if method == "minilm":
-        return MiniLMv1Objective(teacher, student)
-    return MiniLMv2Objective(teacher, student, num_relation_heads=sizes["relation_heads"])
+    """METHODS[method]'s objective over a new random student, from general_distill.py's default options."""
+    args = distill.build_parser(METHODS).parse_args(
+        ["--pregenerated_data", "-", "--teacher_model", "-", "--student_model", "-", "--output_dir", "-",
+         "--distill_method", method])
+    return METHODS[method].build(args, teacher, bert(*sizes["student"], seq_len))
 
 
 def unfused_pairwise_row_kl(teacher_a, teacher_b, student_a, student_b, attention_mask, max_chunk_elements=None):
@@ -140,8 +140,7 @@ def main(argv=None):
     p = bench_parser(__doc__, {"quick": "default: 1 warm-up + 3 timed steps per config",
                                "full": "2 warm-up + 5 timed steps per config",
                                "smoke": "tiny models, 1 step (tests)"})
-    p.add_argument("--methods", nargs="+", choices=["minilmv2", "tinybert", "minilm"],
-                   default=["minilmv2", "tinybert", "minilm"])
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--variants", nargs="+", choices=["current", "unfused_kl"], default=["current"],
                    help="toolkit states to compare in the same interleaved rounds (module docstring)")
@@ -173,7 +172,7 @@ def main(argv=None):
     steps = {}
     for method in args.methods:
         objective = build_objective(method, teacher, sizes, args.seq_len).to(device).train()
-        flops = step_flops(objective, method, tokens, args.seq_len)
+        flops = step_flops(objective, tokens, args.seq_len)
         for prec in args.precisions:
             for variant in args.variants:
                 if variant == "unfused_kl" and method == "tinybert":

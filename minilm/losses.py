@@ -2,7 +2,7 @@
 
 Notation: B batch, T sequence length, m = attention_mask (B, T) with 1 for real tokens, N = sum(m) the number of
 real tokens in the batch. Per-head tensors are (B, H, T, d) with H heads of size d (the layout that
-`kdcore.modeling.SelfAttentionCapture` records); concatenated tensors are (B, T, H*d).
+`kdcore.attention_capture.SelfAttentionCapture` records); concatenated tensors are (B, T, H*d).
 
 Every loss here is a KL divergence between row-wise softmax distributions over the *real keys* of a sequence:
 

@@ -6,13 +6,8 @@ import torch
 from transformers import AutoModel, BertConfig, RobertaConfig, XLMRobertaConfig
 
 from kdcore.cli import UserError
-from kdcore.modeling import (
-    SelfAttentionCapture,
-    attention_probs,
-    build_student,
-    load_teacher,
-    save_model,
-)
+from kdcore.attention_capture import SelfAttentionCapture, attention_probs
+from kdcore.modeling import build_student, load_teacher, save_model
 
 
 def _tiny(config_cls, **kw):
@@ -155,7 +150,7 @@ def test_tokenizer_from_bare_vocab_file(packaged_teacher):
 
 
 def test_attention_scores_stay_fp32_under_autocast():
-    from kdcore.modeling import attention_scores
+    from kdcore.attention_capture import attention_scores
 
     q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -139,3 +139,36 @@ def test_cli_missing_train_exits_2(tmp_path, tiny_bert_dir):
     assert proc.returncode == 2
     assert "run_glue.py: error: --data_dir" in proc.stderr and "no train.tsv for SST-2" in proc.stderr
     assert not os.path.exists(tmp_path / "o" / "model.safetensors")
+
+
+def test_encoder_items_match_one_by_one_tokenisation(shared_data, bert_tokenizer):
+    """glue.encode: each item is what the tokenizer gives for that pair alone (truncated), labels are indices in
+    the model's order (not GLUE's), STS-B keeps its score, and test items have no label; pad_collate batches them."""
+    import torch
+
+    from kdcore.finetune import pad_collate
+    from tinybert.glue import encode
+
+    mrpc = get_task("MRPC")
+    examples = load_split(os.path.join(shared_data, "glue", "MRPC"), mrpc, "dev", max_examples=6)
+    items = encode(examples, bert_tokenizer, mrpc, ["1", "0"], max_seq_length=24, chunk=4)  # two chunks
+    assert len(items) == 6
+    for e, it in zip(examples, items):
+        ref = bert_tokenizer(e.text_a, e.text_b, truncation=True, max_length=24, return_token_type_ids=True)
+        assert it["input_ids"] == ref["input_ids"] and it["token_type_ids"] == ref["token_type_ids"]
+        assert len(it["input_ids"]) <= 24
+        assert it["labels"] == (0 if e.label == "1" else 1)
+    batch = pad_collate(items, bert_tokenizer.pad_token_id)
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [it["labels"] for it in items]
+
+    stsb = get_task("STS-B")
+    scored = load_split(os.path.join(shared_data, "glue", "STS-B"), stsb, "dev", max_examples=3)
+    s_items = encode(scored, bert_tokenizer, stsb, None, max_seq_length=32)
+    assert [it["labels"] for it in s_items] == [float(e.label) for e in scored]
+    assert pad_collate(s_items, 0)["labels"].dtype == torch.float32
+
+    from dataclasses import replace
+
+    test = [replace(e, label=None) for e in examples[:3]]  # unlabelled, as test files are
+    t_items = encode(test, bert_tokenizer, mrpc, ["0", "1"], max_seq_length=32)
+    assert all("labels" not in it for it in t_items) and "labels" not in pad_collate(t_items, 0)

@@ -1,4 +1,5 @@
-"""GLUE tasks: readers for the official TSV layouts, label sets, and the metrics each task is ranked by.
+"""GLUE tasks: readers for the official TSV layouts, label sets, the encoder (examples -> items for
+`kdcore.finetune`), and the metrics each task is ranked by.
 
 Every reader names the file and line of a bad row (too few columns, a label outside the task's set) in a
 `UserError`. Files are read as UTF-8 with an optional BOM (MRPC's header has one) and without quote handling
@@ -158,6 +159,28 @@ def split_file(data_dir: str, split: str, task: GlueTask, aug_train: bool = Fals
 def load_split(data_dir: str, task: GlueTask, split: str, aug_train: bool = False, max_examples: int | None = None):
     (path,) = split_file(data_dir, split, task, aug_train)
     return read_examples(task, path, split, max_examples)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Encoder
+# --------------------------------------------------------------------------------------------------------------
+def encode(examples: list[InputExample], tokenizer, task: GlueTask, labels: list[str] | None, max_seq_length: int,
+           chunk: int = 2048) -> list[dict]:
+    """One item per example: `input_ids`, `token_type_ids` (fast tokenizer, pairs truncated longest-first to
+    `max_seq_length`) and, for labelled examples, `labels`: the index in `labels` (the model's output order), or
+    the score itself for regression (`labels` None). Padding is `kdcore.finetune.pad_collate`'s job."""
+    label_id = {lab: i for i, lab in enumerate(labels)} if labels is not None else None
+    items = []
+    for start in range(0, len(examples), chunk):  # tokenised in chunks: one call, bounded memory
+        part = examples[start : start + chunk]
+        enc = tokenizer([e.text_a for e in part], [e.text_b for e in part] if task.text_b is not None else None,
+                        truncation=True, max_length=max_seq_length, return_token_type_ids=True)
+        for i, e in enumerate(part):
+            item = {"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i]}
+            if e.label is not None:
+                item["labels"] = float(e.label) if label_id is None else label_id[e.label]
+            items.append(item)
+    return items
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -19,11 +19,12 @@ import os
 import torch
 from torch import nn
 
+from kdcore.attention_capture import SelfAttentionCapture, attention_scores
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
 from kdcore.distill import DistillMethod, option
 from kdcore.families import require_qk_attention
-from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers
+from kdcore.modeling import encoder_layers
 from kdcore.objective import DistillObjective
 
 from .losses import attention_score_mse, attention_score_mse_original, hidden_mse, hidden_mse_original, layer_mapping

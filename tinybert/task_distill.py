@@ -25,14 +25,14 @@ from torch import nn
 
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.finetune import predict_batches
+from kdcore.finetune import ListDataset, predict_batches
 from kdcore.modeling import build_student, load_teacher
 from kdcore.objective import DistillObjective
 from tinybert.classification import (
-    GlueDataset, evaluate_all, eval_sets, has_tokenizer, is_classifier_config, label_config, load_classifier,
+    evaluate_all, eval_sets, glue_collate, has_tokenizer, is_classifier_config, label_config, load_classifier,
     predict_test_sets, read_folder_config, write_results,
 )
-from tinybert.glue import GlueTask, get_task, label_order, load_split
+from tinybert.glue import GlueTask, encode, get_task, label_order, load_split
 from tinybert.intermediate import TinyBertIntermediateObjective
 from tinybert.losses import regression_mse, soft_cross_entropy, soft_cross_entropy_original
 
@@ -68,14 +68,14 @@ class PredictionDistillObjective(DistillObjective):
         return {"loss": loss, "cls_loss": loss.detach()}
 
 
-def mean_distill_losses(objective: DistillObjective, dataset: GlueDataset, batch_size: int, device) -> dict:
+def mean_distill_losses(objective: DistillObjective, items: list[dict], collate, batch_size: int, device) -> dict:
     """The stage's loss terms averaged over a (dev) set, example-weighted."""
     def step(objective, batch):
         n = len(batch["input_ids"])
         return n, {k: float(v) * n for k, v in objective(**batch).items()}
 
     totals, count = {}, 0
-    for n, sums in predict_batches(objective, dataset, dataset.collate, batch_size, device, step):
+    for n, sums in predict_batches(objective, items, collate, batch_size, device, step):
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + v
         count += n
@@ -144,12 +144,13 @@ def run_task_distill(args) -> dict:
         raise UserError(f"--student_model: vocabulary {student.config.vocab_size} differs from the teacher's "
                         f"{teacher.config.vocab_size}")
 
+    collate = glue_collate(tokenizer)
     sets = eval_sets(task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length, args.max_eval_examples)
     if eval_only:
         student = student.to(rt.device)
         result = {}
         if rt.is_main:
-            result = evaluate_all(student, sets, task, args.eval_batch_size, rt.device)
+            result = evaluate_all(student, sets, task, collate, args.eval_batch_size, rt.device)
             write_results(result, args.output_dir)
             if args.do_predict:
                 predict_test_sets(student, task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length,
@@ -158,7 +159,7 @@ def run_task_distill(args) -> dict:
         return result
 
     examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
-    train_set = GlueDataset(examples, tokenizer, task, labels, args.max_seq_length)
+    train_set = ListDataset(encode(examples, tokenizer, task, labels, args.max_seq_length))
     if args.pred_distill:
         objective = PredictionDistillObjective(teacher, student, task, args.temperature,
                                                loss_reduction=args.loss_reduction, stsb_target=args.stsb_target)
@@ -171,14 +172,14 @@ def run_task_distill(args) -> dict:
     micro_batch = args.train_batch_size // denom
 
     def evaluate_fn(obj, step):
-        result = evaluate_all(obj.student, sets, task, args.eval_batch_size, rt.device)
+        result = evaluate_all(obj.student, sets, task, collate, args.eval_batch_size, rt.device)
         if not args.pred_distill:  # stage 1: the intermediate losses on dev say how far the student got
-            result.update(mean_distill_losses(obj, sets[""], args.eval_batch_size, rt.device))
+            result.update(mean_distill_losses(obj, sets[""], collate, args.eval_batch_size, rt.device))
         return result
 
     logger.info("stage %s: %d training examples, total batch %d", "2 (prediction layer)" if args.pred_distill
                 else "1 (intermediate layers)", len(train_set), args.train_batch_size)
-    result = train(rt, args, objective, train_set, train_set.collate, micro_batch, args.num_train_epochs,
+    result = train(rt, args, objective, train_set, collate, micro_batch, args.num_train_epochs,
                    lambda obj, folder: obj.save(folder, tokenizer),
                    evaluate_fn=evaluate_fn, eval_steps=args.eval_step if args.pred_distill else 0,
                    metric_for_best=task.metric if args.pred_distill else None)
