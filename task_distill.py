@@ -18,6 +18,7 @@ import argparse
 
 from kdcore.cli import parse_args, run_main
 from kdcore.runtime import add_runtime_args
+from tinybert.intermediate import LOSS_REDUCTION
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_step", type=int, default=50, help="stage 2: evaluate (and keep the best) every N steps")
     p.add_argument("--pred_distill", action="store_true", help="stage 2: prediction-layer distillation")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument(LOSS_REDUCTION.flag, **LOSS_REDUCTION.kwargs)  # shared with general_distill.py's tinybert
+    p.add_argument("--stsb_target", choices=["teacher", "gold"], default="teacher",
+                   help="STS-B prediction-layer distillation regresses on the teacher's score (default) or, as "
+                        "TinyBERT's code, on the gold score")
     p.add_argument("--data_url", default="", help="accepted for compatibility (Huawei cloud); unused")
     p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--max_eval_examples", type=int, default=None, help="use only the first N dev examples")

@@ -1,10 +1,11 @@
 """General-distillation step throughput: teacher 12x768 (BERT-base shape) -> student 6x384, fp32 and bf16.
 
 One step is what the training runtime does per optimizer step: the real objective's forward under autocast (frozen
-teacher without gradients + student), backward, global-norm clipping (1.0), AdamW step, zero_grad. Methods:
-`minilmv2` (minilm.v2.MiniLMv2Objective, Q-Q/K-K/V-V relations of the last layers, 48 relation heads),
-`minilm` (minilm.v1.MiniLMv1Objective: attention + value relation) and `tinybert`
-(tinybert.intermediate.TinyBertIntermediateObjective: embeddings, every hidden state and attention score map).
+teacher without gradients + student), backward, global-norm clipping (1.0), AdamW step, zero_grad. Methods: every
+row of `general_distill.METHODS`, each objective built by the row itself from the options a run of
+general_distill.py gets by default (so a new method is benchmarked with no change here): `tinybert`
+(embeddings, every hidden state and attention score map), `minilm` (attention + value relation) and `minilmv2`
+(Q-Q/K-K/V-V relations of the last layers, 48 relation heads).
 Random weights (speed does not depend on them), random token ids, no padding: tokens per step = batch x seq.
 
 The table sets the achieved model FLOP/s beside this machine's own dense matmul rate in the same precision
@@ -23,8 +24,13 @@ h = hidden size, L = layers:
 
 For MiniLM the student's last layer after Q/K/V gets no gradient, so F_s slightly over-counts its backward.
 
-    python bench/bench_distill.py [--full | --smoke] [--methods minilmv2 tinybert minilm] [--precisions fp32 bf16]
-                                  [--batch_size 32] [--seq_len 128] [--repeat N] [--out bench/results/distill.json]
+Variants (--variants, before/after comparisons in one interleaved run): `current` is the toolkit as it is;
+`unfused_kl` swaps MiniLM's chunked KL with analytic gradient (minilm.losses.pairwise_row_kl) for the unchunked
+autograd reference (masked_row_kl over scaled_dot_logits), i.e. the losses as they were before issue 14.
+
+    python bench/bench_distill.py [--full | --smoke] [--methods tinybert minilm minilmv2] [--precisions fp32 bf16]
+                                  [--variants current unfused_kl] [--batch_size 32] [--seq_len 128] [--repeat N]
+                                  [--out bench/results/distill.json]
 """
 import contextlib
 import os
@@ -38,15 +44,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     apply_preset, bench_parser, machine_info, matmul_flops_per_s, median, report, timed)
 
+from general_distill import METHODS  # noqa: E402
+from kdcore import distill  # noqa: E402
 from kdcore.modeling import encoder_layers  # noqa: E402
 from kdcore.runtime import set_seed  # noqa: E402
 from kdcore.trainer import build_optimizer  # noqa: E402
 
 # name: (layers, hidden, heads, intermediate, vocab)
 SIZES = {
-    "bench": {"teacher": (12, 768, 12, 3072, 30522), "student": (6, 384, 12, 1536, 30522), "relation_heads": 48},
-    # smoke: tiny shapes that keep the methods' constraints (layers divide, equal heads, relation heads divide)
-    "smoke": {"teacher": (2, 96, 4, 192, 1000), "student": (1, 48, 4, 96, 1000), "relation_heads": 48},
+    "bench": {"teacher": (12, 768, 12, 3072, 30522), "student": (6, 384, 12, 1536, 30522)},
+    # smoke: tiny shapes that keep the methods' constraints (layers divide, equal heads, the default 48 relation
+    # heads divide both hidden sizes)
+    "smoke": {"teacher": (2, 96, 4, 192, 1000), "student": (1, 48, 4, 96, 1000)},
 }
 PRESETS = {  # repeat = timed steps per config (median), warmup = untimed steps per config
     "smoke": dict(repeat=1, warmup=1, batch_size=2, seq_len=16, matmul_n=128),
@@ -67,30 +76,46 @@ def linear_weights(modules) -> int:
     return sum(m.weight.numel() for mod in modules for m in mod.modules() if isinstance(m, nn.Linear))
 
 
-def step_flops(objective, method: str, tokens: int, seq_len: int) -> float:
+def step_flops(objective, tokens: int, seq_len: int) -> float:
     """Model FLOPs of one step (formula in the module docstring)."""
     t_layers, s_layers = encoder_layers(objective.teacher), encoder_layers(objective.student)
     t_h, s_h = objective.teacher.config.hidden_size, objective.student.config.hidden_size
     teacher = tokens * (2 * linear_weights(t_layers) + 4 * len(t_layers) * seq_len * t_h)
     student = 3 * tokens * (2 * linear_weights(s_layers) + 4 * len(s_layers) * seq_len * s_h)
-    fit = 3 * tokens * 2 * objective.fit_dense.weight.numel() * (len(s_layers) + 1) if method == "tinybert" else 0
+    fit_dense = getattr(objective, "fit_dense", None)  # TinyBERT's hidden-state projection
+    fit = 3 * tokens * 2 * fit_dense.weight.numel() * (len(s_layers) + 1) if fit_dense is not None else 0
     return float(teacher + student + fit)
 
 
 def build_objective(method: str, teacher, sizes: dict, seq_len: int):
-    from minilm.v1 import MiniLMv1Objective
-    from minilm.v2 import MiniLMv2Objective
-    from tinybert.intermediate import TinyBertIntermediateObjective
-
-    student = bert(*sizes["student"], seq_len)
-    if method == "tinybert":
-        return TinyBertIntermediateObjective(teacher, student)
-    if method == "minilm":
-        return MiniLMv1Objective(teacher, student)
-    return MiniLMv2Objective(teacher, student, num_relation_heads=sizes["relation_heads"])
+    """METHODS[method]'s objective over a new random student, from general_distill.py's default options."""
+    args = distill.build_parser(METHODS).parse_args(
+        ["--pregenerated_data", "-", "--teacher_model", "-", "--student_model", "-", "--output_dir", "-",
+         "--distill_method", method])
+    return METHODS[method].build(args, teacher, bert(*sizes["student"], seq_len))
 
 
-def make_step(objective, batch, amp_dtype, device):
+def unfused_pairwise_row_kl(teacher_a, teacher_b, student_a, student_b, attention_mask, max_chunk_elements=None):
+    """The `unfused_kl` variant: the reference formula with autograd, every (B, H, T, T) tensor whole."""
+    from minilm.losses import masked_row_kl, scaled_dot_logits
+
+    return masked_row_kl(scaled_dot_logits(teacher_a, teacher_b, attention_mask),
+                         scaled_dot_logits(student_a, student_b, attention_mask), attention_mask)
+
+
+def variant_context(variant: str):
+    """A context manager that puts the toolkit in the state `variant` names for the duration of one step."""
+    if variant == "current":
+        return contextlib.nullcontext()
+    if variant == "unfused_kl":
+        import minilm.losses
+        from unittest import mock
+
+        return mock.patch.object(minilm.losses, "pairwise_row_kl", unfused_pairwise_row_kl)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def make_step(objective, batch, amp_dtype, device, variant: str = "current"):
     """One optimizer step as kdcore.trainer.Trainer does it (AdamW without decay on 1-D weights, clip 1.0)."""
     args = SimpleNamespace(learning_rate=1e-4, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
     optimizer = build_optimizer(objective, args)
@@ -99,9 +124,10 @@ def make_step(objective, batch, amp_dtype, device):
 
     def step():
         ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-        with ctx:
-            losses = objective(**batch)
-        losses["loss"].backward()
+        with variant_context(variant):
+            with ctx:
+                losses = objective(**batch)
+            losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -114,9 +140,10 @@ def main(argv=None):
     p = bench_parser(__doc__, {"quick": "default: 1 warm-up + 3 timed steps per config",
                                "full": "2 warm-up + 5 timed steps per config",
                                "smoke": "tiny models, 1 step (tests)"})
-    p.add_argument("--methods", nargs="+", choices=["minilmv2", "tinybert", "minilm"],
-                   default=["minilmv2", "tinybert", "minilm"])
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--variants", nargs="+", choices=["current", "unfused_kl"], default=["current"],
+                   help="toolkit states to compare in the same interleaved rounds (module docstring)")
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seq_len", type=int, default=None)
     p.add_argument("--repeat", type=int, default=None, help="timed steps per config (interleaved rounds)")
@@ -145,38 +172,46 @@ def main(argv=None):
     steps = {}
     for method in args.methods:
         objective = build_objective(method, teacher, sizes, args.seq_len).to(device).train()
-        flops = step_flops(objective, method, tokens, args.seq_len)
+        flops = step_flops(objective, tokens, args.seq_len)
         for prec in args.precisions:
-            step, last = make_step(objective, batch, dtypes[prec], device)
-            steps[method, prec] = (step, flops, last)
+            for variant in args.variants:
+                if variant == "unfused_kl" and method == "tinybert":
+                    continue  # TinyBERT has no KL term
+                step, last = make_step(objective, batch, dtypes[prec], device, variant)
+                steps[method, prec, variant] = (step, flops, last)
     # Interleaved rounds (a, b, c, a, b, c, ...), and every step is paired with a yardstick matmul measured just
     # before it: a busy moment of a shared machine then hits a step and its yardstick alike.
     rounds = {key: [] for key in steps}
     for r in range(args.warmup + args.repeat):
-        for (method, prec), (step, _, _) in steps.items():
+        for (method, prec, variant), (step, _, _) in steps.items():
             rate = matmul_flops_per_s(device, dtypes[prec] or torch.float32, n=args.matmul_n, repeat=3)
             seconds = timed(step, repeat=1, warmup=0)
             if r >= args.warmup:
-                rounds[method, prec].append({"step_s": seconds, "matmul_GFLOP_s": rate / 1e9})
+                rounds[method, prec, variant].append({"step_s": seconds, "matmul_GFLOP_s": rate / 1e9})
 
     rows = []
-    for (method, prec), (_, flops, last) in steps.items():
-        rs = rounds[method, prec]
+    for (method, prec, variant), (_, flops, last) in steps.items():
+        rs = rounds[method, prec, variant]
         s = median([x["step_s"] for x in rs])
-        rows.append({"method": method, "precision": prec, "step_s": s, "tokens_per_s": tokens / s,
+        rows.append({"method": method, "precision": prec, "variant": variant, "step_s": s, "tokens_per_s": tokens / s,
                      "model_GFLOP_per_step": flops / 1e9, "achieved_GFLOP_s": flops / s / 1e9,
                      "matmul_GFLOP_s": median([x["matmul_GFLOP_s"] for x in rs]),
                      "pct_of_matmul": median([100 * flops / x["step_s"] / 1e9 / x["matmul_GFLOP_s"] for x in rs]),
                      "loss": last["loss"], "rounds": rs})
+    first = {(r["method"], r["precision"]): r["step_s"] for r in reversed(rows)}  # the first variant's step time
+    for r in rows:
+        r["time_vs_first_variant"] = r["step_s"] / first[r["method"], r["precision"]]
     t, s = sizes["teacher"], sizes["student"]
     report(f"General distillation step, teacher {t[0]}x{t[1]} -> student {s[0]}x{s[1]}, batch {args.batch_size} x "
            f"{args.seq_len} ({device.type}, {torch.get_num_threads()} threads)", rows,
-           ["method", "precision", "step_s", "tokens_per_s", "achieved_GFLOP_s", "matmul_GFLOP_s", "pct_of_matmul"],
+           ["method", "precision", *(["variant", "time_vs_first_variant"] if len(args.variants) > 1 else []),
+            "step_s", "tokens_per_s", "achieved_GFLOP_s", "matmul_GFLOP_s", "pct_of_matmul"],
            args.out,
            {"machine": machine_info(device), "preset": preset, "teacher": dict(zip(
                ["layers", "hidden", "heads", "intermediate", "vocab"], t)), "student": dict(zip(
                ["layers", "hidden", "heads", "intermediate", "vocab"], s)), "batch_size": args.batch_size,
-            "seq_len": args.seq_len, "repeat": args.repeat, "warmup": args.warmup, "matmul_n": args.matmul_n,
+            "seq_len": args.seq_len, "variants": args.variants, "repeat": args.repeat, "warmup": args.warmup,
+            "matmul_n": args.matmul_n,
             "flops_formula": "teacher fwd N*(2*P_t + 4*L_t*T*h_t) + student fwd+bwd 3*N*(2*P_s + 4*L_s*T*h_s) "
                              "[+ tinybert fit_dense 3*N*2*P_w*(L_s+1)]; P = encoder nn.Linear weights"})
 

@@ -19,7 +19,7 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
-DATA_SCRIPTS = {"pregenerate", "augment"}  # benchmarks that read the real data folder
+DATA_SCRIPTS = {"pregenerate", "augment", "corpus"}  # benchmarks that read the real data folder
 
 # name: (script, extra args per mode). Scripts with --quick/--full/--smoke presets get the mode flag itself.
 BENCHMARKS = {
@@ -27,6 +27,8 @@ BENCHMARKS = {
                                                    "BERT-base 12x768", "TinyBERT 4x312"],
                                          "quick": [], "full": ["--repeat", "10"]}),
     "distill": ("bench_distill.py", "preset"),
+    "relation_loss": ("bench_relation_loss.py", "preset"),
+    "corpus": ("bench_corpus.py", "preset"),  # after distill: compares the loader with distill.json's step rate
     "pregenerate": ("bench_pregenerate.py", "preset"),
     "augment": ("bench_augment.py", "preset"),
     "decode": ("bench_decode.py", {"smoke": ["--examples", "1", "--batch_size", "1", "--beams", "1", "2",

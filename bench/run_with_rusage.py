@@ -3,7 +3,8 @@
     python bench/run_with_rusage.py RESULT.json SCRIPT.py [script args ...]
 
 RESULT.json: {"exit_code", "wall_s", "maxrss_self_MB" (this process), "maxrss_children_MB" (the largest of its
-waited-for child processes), "maxrss_MB" (the larger of the two)}. ru_maxrss is in KiB on Linux, bytes on macOS.
+waited-for child processes), "maxrss_MB" (the larger of the two), "vmhwm_MB" (Linux: the peak RSS of this process's
+own memory since it started the script, free of the spawning parent's peak that ru_maxrss may inherit; else null)}. ru_maxrss is in KiB on Linux, bytes on macOS.
 A child started with vfork/posix_spawn (e.g. ctypes' `ldconfig -p`) shares the parent's memory until it execs and
 so reports the parent's RSS of that moment: children <= self means no worker grew larger than the main process.
 """
@@ -17,6 +18,14 @@ import time
 
 def _mb(value: int) -> float:
     return value / (1024 * 1024) if sys.platform == "darwin" else value / 1024
+
+
+def _vmhwm_mb():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return None
 
 
 def main():
@@ -40,7 +49,7 @@ def main():
         kids = _mb(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
         with open(result_path, "w") as f:
             json.dump({"exit_code": code, "wall_s": wall, "maxrss_self_MB": me, "maxrss_children_MB": kids,
-                       "maxrss_MB": max(me, kids)}, f)
+                       "maxrss_MB": max(me, kids), "vmhwm_MB": _vmhwm_mb()}, f)
     sys.exit(code)
 
 

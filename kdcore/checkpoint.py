@@ -16,6 +16,12 @@ file lost in a copy) is found by `verify_checkpoint` before a resume, which then
 checkpoint. Temporary folders and files that a killed process leaves behind are swept by `sweep_orphans` (and a
 checkpoint caught between the two renames of a replacement is put back). A run's identity (the arguments that
 define its model, data and optimisation) is stored too: auto-resume never continues a different run.
+
+Several processes (nodes): rank 0 alone decides which checkpoint to resume from (`agree_on_resume`) and reads its
+files; the other ranks receive the bytes (`kdcore.runtime.broadcast_bytes`), so ranks without a shared
+filesystem, or with a stale view of it, never disagree and need no copy. The data position is the number of
+samples of the epoch's global order consumed, so a run may resume with another number of processes
+(`kdcore.trainer.epoch_indices`): with the same number it continues exactly.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from torch import nn
 from .cli import UserError
 from .files import sha256_file
 from .modeling import atomic_dir
+from .runtime import broadcast_bytes, broadcast_str
 
 TRAINING_STATE = "training_state.json"
 logger = logging.getLogger("kd.checkpoint")
@@ -104,7 +111,8 @@ def list_checkpoints(output_dir: str, prefix: str = "checkpoint") -> list[str]:
 class TrainState:
     global_step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    batch_in_epoch: int = 0  # micro-batches of this process's order for the epoch consumed (from 0 on each resume)
+    samples_in_epoch: int = 0  # samples of the epoch's global order consumed, by all processes together
     best_metric: float | None = None
     eval_history: list = field(default_factory=list)
 
@@ -159,6 +167,7 @@ def save_checkpoint(path, rt, model, optimizer, scheduler, state: TrainState, sa
             "global_step": state.global_step,
             "epoch": state.epoch,
             "batch_in_epoch": state.batch_in_epoch,
+            "samples_in_epoch": state.samples_in_epoch,
             "best_metric": state.best_metric,
             "eval_history": state.eval_history,
             "world_size": rt.world_size,
@@ -214,29 +223,54 @@ def verify_checkpoint(path: str, argname: str = "--resume_from_checkpoint") -> d
     return saved
 
 
-def load_checkpoint(path, rt, model, optimizer, scheduler) -> TrainState:
-    """Restore model, optimizer, scheduler, scaler and this rank's RNG states; returns where training stood."""
-    from safetensors.torch import load_file
+def _checkpoint_bytes(path: str, rt) -> dict[str, bytes]:
+    """The files load_checkpoint needs: read by rank 0, sent to every other rank."""
+    files = {}
+    for name in (TRAINING_STATE, *CHECKPOINT_FILES):
+        data = None
+        if rt.is_main:
+            with open(os.path.join(path, name), "rb") as f:
+                data = f.read()
+        files[name] = broadcast_bytes(data, device=rt.device if rt.device.type == "cuda" else None)
+    return files
 
-    saved = verify_checkpoint(path)
-    if saved["world_size"] != rt.world_size:
-        raise UserError(
-            f"--resume_from_checkpoint {path}: saved with {saved['world_size']} processes, resuming with "
-            f"{rt.world_size}; exact resume needs the same world size"
-        )
-    objective = load_file(os.path.join(path, "objective_state.safetensors"))
+
+def load_checkpoint(path, rt, model, optimizer, scheduler, batch_size: int = 0) -> TrainState:
+    """Restore model, optimizer, scheduler, scaler and this rank's RNG states; returns where training stood.
+
+    `path` is rank 0's choice (agree_on_resume); only rank 0 reads it. Saved with another number of processes,
+    the run goes on from the samples consumed; ranks the checkpoint has no RNG state for keep their fresh seeds.
+    `batch_size` (per process) converts the data position of checkpoints that predate samples_in_epoch.
+    """
+    import io
+
+    from safetensors.torch import load as load_safetensors
+
+    if rt.is_main:
+        verify_checkpoint(path)
+    files = _checkpoint_bytes(path, rt)
+    saved = json.loads(files[TRAINING_STATE].decode("utf-8"))
+    objective = load_safetensors(files["objective_state.safetensors"])
     missing, unexpected = unwrap(model).load_state_dict(objective, strict=False)
     if missing or unexpected:
         raise UserError(f"--resume_from_checkpoint {path}: checkpoint does not fit this model "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=rt.device, weights_only=True))
+    optimizer.load_state_dict(torch.load(io.BytesIO(files["optimizer.pt"]), map_location=rt.device, weights_only=True))
     scheduler.load_state_dict(saved["scheduler"])
     if rt.scaler is not None and saved["scaler"] is not None:
         rt.scaler.load_state_dict(saved["scaler"])
-    tensors = load_file(os.path.join(path, "rng_state.safetensors"))
-    prefix = f"rank{rt.rank}."
-    _set_rng_state(saved["rng"][rt.rank], {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return TrainState(saved["global_step"], saved["epoch"], saved["batch_in_epoch"], saved["best_metric"],
+    if rt.rank < len(saved["rng"]):
+        tensors = load_safetensors(files["rng_state.safetensors"])
+        prefix = f"rank{rt.rank}."
+        _set_rng_state(saved["rng"][rt.rank], {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    samples = saved.get("samples_in_epoch")
+    if samples is None:  # a checkpoint from before samples were counted: batches x batch size x processes
+        samples = saved["batch_in_epoch"] * batch_size * saved["world_size"]
+    if saved["world_size"] != rt.world_size and rt.is_main:
+        logger.warning("%s was saved by %d processes, resuming with %d: continuing after the %d samples of epoch %d "
+                       "already consumed (global batch and steps per epoch change with the number of processes)",
+                       path, saved["world_size"], rt.world_size, samples, saved["epoch"])
+    return TrainState(saved["global_step"], saved["epoch"], 0, samples, saved["best_metric"],
                       saved.get("eval_history", []))
 
 
@@ -257,6 +291,24 @@ def _check_identity(path: str, saved: dict, args) -> None:
             f"--output_dir {args.output_dir}: {os.path.basename(path)} belongs to a different run (--{k} "
             f"{stored[k]} there, {now[k]} now{f', and {len(differ) - 1} more' if len(differ) > 1 else ''}); rerun "
             "with the same arguments, use another --output_dir, or pass --resume_from_checkpoint none to start over")
+
+
+def agree_on_resume(args, prefix: str, rt) -> str | None:
+    """resolve_resume decided by rank 0 alone and sent to every rank (an error on rank 0 is raised everywhere)."""
+    if not rt.distributed:
+        return resolve_resume(args, prefix)
+    choice, error = None, None
+    if rt.is_main:
+        try:
+            choice = resolve_resume(args, prefix)
+        except UserError as err:
+            error = str(err)
+    message = broadcast_str(json.dumps({"path": choice, "error": error}),
+                            device=rt.device if rt.device.type == "cuda" else None)
+    decided = json.loads(message)
+    if decided["error"]:
+        raise UserError(decided["error"])
+    return decided["path"]
 
 
 def resolve_resume(args, prefix: str) -> str | None:

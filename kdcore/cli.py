@@ -290,6 +290,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
             dests[key].required = False
     args = parser.parse_args(argv)
     check_outputs(args)
+    from kdcore.model_card import script_of_caller, start_run
+
+    # The run record behind the model cards of every folder this run saves (kdcore.model_card).
+    start_run(args, sys.argv[1:] if argv is None else list(argv), script_of_caller())
     return args
 
 

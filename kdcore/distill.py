@@ -25,7 +25,7 @@ from .cli import UserError
 from .families import max_input_positions, uses_token_type_ids
 from .modeling import build_student, load_teacher, load_tokenizer, read_model_config, read_student_config
 from .objective import DistillObjective
-from .pregenerated_data import PregeneratedCollator, PregeneratedTrainingData
+from .pregenerated_data import PackedBlocks, PregeneratedCollator, PregeneratedTrainingData, is_packed
 from .runtime import Runtime, add_runtime_args
 from .trainer import train
 
@@ -80,7 +80,8 @@ def build_parser(methods: dict[str, DistillMethod], default_method: str = "tinyb
         description="General distillation (" + " / ".join(methods) + ") of a teacher over data written by "
         "pregenerate_training_data.py.")
     parser.add_argument("--pregenerated_data", required=True,
-                        help="Folder with epoch_N.json and epoch_N_metrics.json (from pregenerate_training_data.py).")
+                        help="Folder written by pregenerate_training_data.py: epochs (binary shards or epoch_N.json, with "
+                        "epoch_N_metrics.json) or packed sequences (packed_metrics.json; shuffled by the trainer).")
     parser.add_argument("--teacher_model", required=True, help="Teacher: a HF model folder (with its tokenizer).")
     parser.add_argument("--student_model", required=True,
                         help="Student: a config JSON (e.g. configs/minilm_L6xH384.json; size fields only, the "
@@ -158,12 +159,19 @@ def distill(args, methods: dict[str, DistillMethod]):
     rt = Runtime(args)  # seeds first, so the student's random initialisation is reproducible
     tokenizer = load_tokenizer(args.teacher_model, "--teacher_model", do_lower_case=True if args.do_lower_case else None)
     teacher_config = read_model_config(args.teacher_model, "--teacher_model")
-    epochs = math.ceil(args.num_train_epochs)
-    dataset = PregeneratedTrainingData(
-        args.pregenerated_data, tokenizer, num_train_epochs=epochs, seed=args.seed, reduce_memory=args.reduce_memory,
-        max_positions=max_input_positions(teacher_config),
-    )
-    dataset.data_epoch(0)  # read and check the first data epoch before any model is loaded
+    max_positions = max_input_positions(teacher_config)
+    if is_packed(args.pregenerated_data):  # packed sequences: one stream of blocks, shuffled by the trainer
+        epochs, shuffle = 1, True
+        dataset = PackedBlocks(args.pregenerated_data, tokenizer, max_positions=max_positions)
+        data_epochs = "packed sequences, 1"
+    else:  # epoch files: training epoch e reads data epoch e % D, shuffled by PregeneratedTrainingData itself
+        epochs, shuffle = math.ceil(args.num_train_epochs), False
+        dataset = PregeneratedTrainingData(
+            args.pregenerated_data, tokenizer, num_train_epochs=epochs, seed=args.seed,
+            reduce_memory=args.reduce_memory, max_positions=max_positions,
+        )
+        dataset.data_epoch(0)  # read and check the first data epoch before any model is loaded
+        data_epochs = dataset.num_data_epochs
     teacher = load_teacher(args.teacher_model)
     student = load_student(args, teacher, tokenizer)
     objective = methods[args.distill_method].build(args, teacher, student)
@@ -172,14 +180,14 @@ def distill(args, methods: dict[str, DistillMethod]):
     if rt.is_main:
         n_t = sum(p.numel() for p in teacher.parameters())
         n_s = sum(p.numel() for p in student.parameters())
-        logger.info("%s distillation: teacher %s (%.1fM params), student %d x %d (%.1fM params), %d data epoch(s), "
+        logger.info("%s distillation: teacher %s (%.1fM params), student %d x %d (%.1fM params), %s data epoch(s), "
                     "%d training epoch(s), %d examples", args.distill_method, args.teacher_model, n_t / 1e6,
                     student.config.num_hidden_layers, student.config.hidden_size, n_s / 1e6,
-                    dataset.num_data_epochs, epochs, len(dataset))
+                    data_epochs, epochs, len(dataset))
     return train(
         rt, args, objective, dataset, collate,
         batch_size=args.train_batch_size // args.gradient_accumulation_steps,
-        num_train_epochs=args.num_train_epochs / epochs,  # the dataset already spans all training epochs
+        num_train_epochs=args.num_train_epochs / epochs,  # epoch files: the dataset already spans every epoch
         save_model_fn=lambda model, folder: model.save(folder, tokenizer),
-        shuffle=False,  # PregeneratedTrainingData shuffles inside each epoch itself
+        shuffle=shuffle,
     )

@@ -20,8 +20,8 @@ config); MODEL_TYPES is its one table:
 
 Methods that need the attention scores themselves (TinyBERT's attention MSE, MiniLM v1's attention KL) refuse a
 family whose QK^T / sqrt(d) is not its attention, in one line; MiniLMv2's Q-Q / K-K / V-V relations need only the
-projections and work with every family. `SelfAttentionCapture` (kdcore.modeling) reads Q/K/V where this table
-says they live.
+projections and work with every family. `SelfAttentionCapture` (kdcore.attention_capture) reads Q/K/V where this
+table says they live.
 """
 from __future__ import annotations
 

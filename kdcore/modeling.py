@@ -2,16 +2,12 @@
 
 * `load_teacher`   – a frozen, eval-mode teacher from a HF folder or a bare weights file + config + vocab.
 * `build_student`  – a student from a config JSON (size fields only; vocabulary from the teacher) or a folder.
-* `SelfAttentionCapture` – forward hooks on the query/key/value projections of chosen layers, so the losses
-  can read per-head Q, K, V while the model keeps its fast SDPA attention. (HF's `output_attentions` is empty
-  under SDPA and is taken after dropout in train mode, so it is never used here.)
-* `attention_scores` / `attention_probs` – QK^T/sqrt(d) (+ padding mask) rebuilt from captured Q, K.
+* `encoder_layers` / `bare_model` – the transformer blocks / the encoder without DDP wrapper or task head.
 * `save_model` – an atomic `save_pretrained` folder (config, model.safetensors, tokenizer files).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -348,7 +344,7 @@ def check_vocab(config, tokenizer=None, teacher_config=None, argname="--student_
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Capturing Q / K / V without eager attention
+# Where the blocks are
 # --------------------------------------------------------------------------------------------------------------
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer blocks of an encoder of a known family (kdcore.families), with or without a task head,
@@ -364,115 +360,6 @@ def bare_model(model: nn.Module) -> nn.Module:
     """The encoder without DDP wrapper or task head."""
     model = getattr(model, "module", model)
     return getattr(model, "base_model", model)
-
-
-def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, T, H*d) -> (B, H, T, d)."""
-    b, t, hd = x.shape
-    return x.view(b, t, num_heads, hd // num_heads).transpose(1, 2)
-
-
-@dataclass
-class CapturedLayer:
-    query: torch.Tensor | None = None  # (B, H, T, d)
-    key: torch.Tensor | None = None
-    value: torch.Tensor | None = None
-
-
-@dataclass
-class SelfAttentionCapture:
-    """Forward hooks that record the per-head query/key/value projections of chosen layers.
-
-    Usage::
-
-        with SelfAttentionCapture(model, layers=[5], parts=("query", "key")) as cap:
-            out = model(**batch, output_hidden_states=True)
-        q, k = cap[5].query, cap[5].key          # (B, H, T, d), with grad if the model has grad
-
-    Only the listed layers and parts are hooked, so nothing else is kept alive. Attention itself still runs in
-    whatever implementation the model was loaded with (SDPA by default).
-    """
-
-    model: nn.Module
-    layers: list[int]
-    parts: tuple[str, ...] = ("query", "key", "value")
-    captured: dict[int, CapturedLayer] = field(default_factory=dict)
-
-    def __post_init__(self):
-        blocks = encoder_layers(self.model)
-        n = len(blocks)
-        self.layers = [layer % n if layer < 0 else layer for layer in self.layers]
-        for layer in self.layers:
-            if not 0 <= layer < n:
-                raise UserError(f"layer {layer} does not exist: the model has {n} layers")
-        unknown = set(self.parts) - {"query", "key", "value"}
-        if unknown:
-            raise ValueError(f"unknown parts {unknown}")
-        config = bare_model(self.model).config
-        self._family = family_of(config)
-        self._heads = config.num_attention_heads
-        self._blocks = blocks
-        self._handles = []
-
-    def __enter__(self):
-        self.captured = {layer: CapturedLayer() for layer in self.layers}
-        family = self._family
-        for layer in self.layers:
-            block = self._blocks[layer]
-            if family.fused():  # one projection [Q; K; V] (ModernBERT's Wqkv)
-                hook = self._fused_hook(layer)
-                self._handles.append(get_path(block, family.qkv).register_forward_hook(hook))
-                continue
-            for part, path in zip(("query", "key", "value"), family.qkv):
-                if part in self.parts:
-                    self._handles.append(get_path(block, path).register_forward_hook(self._hook(layer, part)))
-        return self
-
-    def _hook(self, layer: int, part: str):
-        def hook(module, inputs, output):
-            # The first call is the token projection; DeBERTa calls query_proj / key_proj again on its relative
-            # position embeddings within the same forward, which must not overwrite it.
-            if getattr(self.captured[layer], part) is None:
-                setattr(self.captured[layer], part, split_heads(output, self._heads))
-
-        return hook
-
-    def _fused_hook(self, layer: int):
-        def hook(module, inputs, output):
-            for part, chunk in zip(("query", "key", "value"), output.chunk(3, dim=-1)):
-                if part in self.parts and getattr(self.captured[layer], part) is None:
-                    setattr(self.captured[layer], part, split_heads(chunk, self._heads))
-
-        return hook
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        return False
-
-    def __getitem__(self, layer: int) -> CapturedLayer:
-        n = len(self._blocks)
-        return self.captured[layer % n if layer < 0 else layer]
-
-
-def attention_scores(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Raw attention scores QK^T / sqrt(d), (B, H, T, T), computed in fp32.
-
-    With `attention_mask` (B, T; 1 = real token) padded keys get -inf, exactly what softmax ignores.
-    """
-    d = query.size(-1)
-    # Autocast would cast the fp32 operands back to bf16/fp16 for the matmul: switch it off here.
-    with torch.autocast(device_type=query.device.type, enabled=False):
-        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(d)
-    if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
-    return scores
-
-
-def attention_probs(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(QK^T / sqrt(d)) over real keys, (B, H, T, T), fp32."""
-    return torch.softmax(attention_scores(query, key, attention_mask), dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -501,6 +388,12 @@ def atomic_dir(path: str):
         raise
 
 
+def atomic_write_text(text: str, path: str) -> None:
+    """Write a text file through a temporary file and a rename (readers never see half a file)."""
+    with atomic_open(path) as f:
+        f.write(text)
+
+
 def atomic_write_json(obj, path: str) -> None:
     """Write JSON to `path` through a temporary file and a rename."""
     with atomic_open(path) as f:
@@ -508,8 +401,14 @@ def atomic_write_json(obj, path: str) -> None:
         f.write("\n")
 
 
+def atomic_write_json(obj, path: str) -> None:
+    """Write JSON to `path` through a temporary file and a rename."""
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+
+
 def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules: dict[str, nn.Module] | None = None) -> None:
-    """Save a `save_pretrained` folder: config.json, model.safetensors, tokenizer files.
+    """Save a `save_pretrained` folder: config.json, model.safetensors, tokenizer files, and the model card
+    (README.md + training_args.json, `kdcore.model_card.write_model_card`).
 
     Everything is first written to a temporary folder inside `output_dir`, then each file is moved into place
     with an atomic rename, so a reader never sees a half-written file, and other files already in `output_dir`
@@ -538,3 +437,6 @@ def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules:
                 os.replace(src, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    from kdcore.model_card import write_model_card
+
+    write_model_card(output_dir, getattr(model, "config", None))

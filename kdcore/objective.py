@@ -21,7 +21,8 @@ from torch import nn
 from .batching import encoder_inputs
 from .cli import UserError
 from .families import family_of, get_path
-from .modeling import SelfAttentionCapture, bare_model, encoder_layers, freeze, save_model
+from .attention_capture import SelfAttentionCapture
+from .modeling import bare_model, encoder_layers, freeze, save_model
 
 
 class DistillObjective(nn.Module):

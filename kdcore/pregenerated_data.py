@@ -1,12 +1,22 @@
-"""Reader of pregenerated general-distillation data (written by `pregenerate_training_data.py`, TinyBERT's format).
+"""Reader of pregenerated general-distillation data (written by `pregenerate_training_data.py`).
 
-Layout of `--pregenerated_data`:
+Layout of `--pregenerated_data`, binary shards (the default output):
+
+    epoch_0_metrics.json   {"num_training_examples": N, "max_seq_len": T, "format": "shards", "vocab_sha1": ...,
+                            "shards": [{"prefix": "epoch_0/shard_000000000", "rows": n}, ...]}
+    epoch_0/shard_*.npy    token ids (uint16/uint32), masked positions/labels, segment-B start, is_random_next
+                           (kdcore.shards: memory-mapped, nothing parsed, every rank reads only its own rows)
+
+or TinyBERT's JSON lines (`--output_format json`; still read):
 
     epoch_0.json           one JSON object per line:
                            {"tokens": [...], "segment_ids": [...], "is_random_next": bool,
                             "masked_lm_positions": [...], "masked_lm_labels": [...]}
     epoch_0_metrics.json   {"num_training_examples": N, "max_seq_len": T}
     epoch_1.json ...       (optional) further epochs, each masked/paired differently
+
+or packed sequences for minilm/minilmv2 (`--packed_sequences`): packed_metrics.json + packed/shard_*.npy,
+read by `PackedBlocks`.
 
 As in TinyBERT's `general_distill.py`, training epoch e reads data epoch `e % num_data_epochs`, so fewer data
 epochs than training epochs are reused in turn. Tokens are converted with the teacher's tokenizer; a token the
@@ -30,8 +40,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .batching import pad_batch
-from .cli import UserError
+from .cli import UserError, read_json_file
 from .files import iter_text_lines
+from .shards import EPOCH_RAGGED, EPOCH_SCALARS, PACKED_MANIFEST, ShardedRows, vocab_sha1
 
 logger = logging.getLogger("kd")
 
@@ -46,6 +57,9 @@ def find_data_epochs(folder: str, argname: str = "--pregenerated_data") -> list[
     while True:
         data = os.path.join(folder, f"epoch_{len(epochs)}.json")
         metrics = os.path.join(folder, f"epoch_{len(epochs)}_metrics.json")
+        if not os.path.isfile(data) and os.path.isfile(metrics) and is_sharded(metrics):
+            epochs.append((None, metrics))
+            continue
         if not os.path.isfile(data):
             break
         if not os.path.isfile(metrics):
@@ -54,8 +68,27 @@ def find_data_epochs(folder: str, argname: str = "--pregenerated_data") -> list[
     if not epochs:
         others = sorted(n for n in os.listdir(folder) if re.fullmatch(r"epoch_\d+\.json", n))
         hint = f" (found {', '.join(others[:3])}, but the epochs must start at epoch_0.json)" if others else ""
-        raise UserError(f"{argname} {folder}: no epoch_0.json (pregenerate the data first){hint}")
+        if os.path.isfile(os.path.join(folder, PACKED_MANIFEST)):
+            hint = " (it holds packed sequences, which only --distill_method minilm / minilmv2 read)"
+        elif os.path.isdir(os.path.join(folder, "epoch_0")):
+            hint = " (epoch_0/ has no epoch_0_metrics.json: the pregeneration did not finish)"
+        raise UserError(f"{argname} {folder}: no epoch_0.json or epoch_0_metrics.json (pregenerate the data first){hint}")
     return epochs
+
+
+def is_sharded(metrics_file: str) -> bool:
+    """Whether an epoch_N_metrics.json describes binary shards (else the epoch is epoch_N.json)."""
+    metrics = read_json_file(metrics_file, "--pregenerated_data", "metrics file")
+    return isinstance(metrics, dict) and metrics.get("format") == "shards"
+
+
+def check_vocabulary(manifest: dict, where: str, tokenizer) -> None:
+    """Token ids are only meaningful with the vocabulary they were made with: compare its fingerprint."""
+    ids = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    if manifest.get("vocab_sha1") != vocab_sha1(ids):
+        raise UserError(f"{where}: the data was pregenerated with another vocabulary than the teacher's "
+                        f"({manifest.get('vocab_size')} vs {len(ids)} tokens, or different tokens); pregenerate it "
+                        "again with this teacher's tokenizer")
 
 
 def read_metrics(metrics_file: str) -> tuple[int, int]:
@@ -202,6 +235,80 @@ class PregeneratedEpoch(Dataset):
         return item
 
 
+class ShardedEpoch(Dataset):
+    """One data epoch stored as binary shards (see the module docstring): the same items as PregeneratedEpoch,
+    read straight from memory-mapped token ids, so opening it costs nothing and memory does not grow with it."""
+
+    def __init__(self, metrics_file: str, tokenizer, max_positions: int | None = None, with_lm_labels: bool = False,
+                 **_unused):
+        manifest = read_json_file(metrics_file, "--pregenerated_data", "metrics file")
+        self.num_examples, self.max_seq_len = read_metrics(metrics_file)
+        if max_positions is not None and self.max_seq_len > max_positions:
+            raise UserError(f"{metrics_file}: max_seq_len {self.max_seq_len} exceeds the teacher's {max_positions} positions")
+        check_vocabulary(manifest, metrics_file, tokenizer)
+        self.rows = ShardedRows(os.path.dirname(os.path.abspath(metrics_file)), manifest.get("shards") or [],
+                                EPOCH_RAGGED, EPOCH_SCALARS, where=metrics_file)
+        if len(self.rows) != self.num_examples:
+            raise UserError(f"{metrics_file}: its shards hold {len(self.rows)} examples, not num_training_examples "
+                            f"{self.num_examples}")
+        self.with_lm_labels = with_lm_labels
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows.row(index)
+        ids = torch.from_numpy(row["input_ids"].astype(np.int64))
+        n = len(ids)
+        token_type_ids = torch.zeros(n, dtype=torch.long)
+        token_type_ids[row["segment_b_start"]:] = 1
+        item = {"input_ids": ids, "attention_mask": torch.ones(n, dtype=torch.long), "token_type_ids": token_type_ids,
+                "is_random_next": torch.tensor(bool(row["is_random_next"]))}
+        if self.with_lm_labels:
+            labels = torch.full((n,), -1, dtype=torch.long)
+            labels[torch.from_numpy(row["masked_lm_positions"].astype(np.int64))] = torch.from_numpy(
+                row["masked_lm_labels"].astype(np.int64))
+            item["lm_label_ids"] = labels
+        return item
+
+
+class PackedBlocks(Dataset):
+    """Packed sequences (`pregenerate_training_data.py --packed_sequences`): item i is block i, [CLS] ... [SEP] of
+    max_seq_len tokens (the last block may be shorter), one segment, no padding inside. Shuffle it in the runtime."""
+
+    def __init__(self, folder: str, tokenizer, max_positions: int | None = None,
+                 argname: str = "--pregenerated_data"):
+        path = os.path.join(folder, PACKED_MANIFEST)
+        if not os.path.isfile(path):
+            raise UserError(f"{argname} {folder}: no packed_metrics.json (pregenerate with --packed_sequences)")
+        manifest = read_json_file(path, argname, "metrics file")
+        try:
+            self.num_blocks, self.max_seq_len = int(manifest["num_blocks"]), int(manifest["max_seq_len"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path}: expected integer num_blocks and max_seq_len")
+        if max_positions is not None and self.max_seq_len > max_positions:
+            raise UserError(f"{path}: max_seq_len {self.max_seq_len} exceeds the teacher's {max_positions} positions")
+        check_vocabulary(manifest, path, tokenizer)
+        self.rows = ShardedRows(folder, manifest.get("shards") or [], ("input_ids",), where=path)
+        if len(self.rows) != self.num_blocks:
+            raise UserError(f"{path}: its shards hold {len(self.rows)} blocks, not num_blocks {self.num_blocks}")
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __getitem__(self, index: int) -> dict:
+        ids = torch.from_numpy(self.rows.row(index)["input_ids"].astype(np.int64))
+        n = len(ids)
+        return {"input_ids": ids, "attention_mask": torch.ones(n, dtype=torch.long),
+                "token_type_ids": torch.zeros(n, dtype=torch.long)}
+
+
+def is_packed(folder: str) -> bool:
+    """Whether `folder` holds packed sequences rather than epochs."""
+    return os.path.isfile(os.path.join(folder, PACKED_MANIFEST)) and not (
+        os.path.isfile(os.path.join(folder, "epoch_0_metrics.json")))
+
+
 class PregeneratedTrainingData(Dataset):
     """All the examples of a run, in TinyBERT's order: training epoch e reads data epoch e % num_data_epochs.
 
@@ -249,7 +356,11 @@ class PregeneratedTrainingData(Dataset):
         if self._data[0] != index:
             self._data = (None, None)
             data_file, metrics_file = self.epochs[index]
-            self._data = (index, PregeneratedEpoch(data_file, metrics_file, **self._kwargs))
+            if data_file is None:  # binary shards
+                epoch = ShardedEpoch(metrics_file, **self._kwargs)
+            else:
+                epoch = PregeneratedEpoch(data_file, metrics_file, **self._kwargs)
+            self._data = (index, epoch)
         return self._data[1]
 
     def _position(self, epoch: int, local: int) -> int:

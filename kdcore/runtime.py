@@ -9,6 +9,7 @@ The loop itself is kdcore.trainer; checkpoints are kdcore.checkpoint.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import random
@@ -77,6 +78,10 @@ def add_runtime_args(parser: argparse.ArgumentParser, defaults: dict | None = No
     add("--local_rank", "--local-rank", dest="local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
         help="Set by torch.distributed.launch; torchrun passes LOCAL_RANK in the environment instead.")
     add("--dataloader_num_workers", dest="dataloader_num_workers", type=int, default=0)
+    add("--ddp_timeout", dest="ddp_timeout", type=int, default=1800,
+        help="Seconds a process waits for the others in a collective (checkpoint broadcast, barrier) before failing.")
+    add("--tf32", dest="tf32", action="store_true",
+        help="CUDA: let float32 matmuls and convolutions use TF32 tensor cores (Ampere or newer); no effect on CPU.")
     if defaults:
         parser.set_defaults(**defaults)
     return g
@@ -101,13 +106,20 @@ class Runtime:
             if use_cuda:
                 torch.cuda.set_device(local_rank)
             if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+                timeout = getattr(args, "ddp_timeout", None)
+                if timeout is not None and timeout <= 0:
+                    raise UserError(f"--ddp_timeout must be a positive number of seconds, got {timeout}")
+                dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                        timeout=datetime.timedelta(seconds=timeout) if timeout else None)
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         else:
             self.rank, self.world_size = 0, 1
         self.local_rank = max(local_rank, 0)
         self.device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
         self.is_main = self.rank == 0
+        if getattr(args, "tf32", False) and use_cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
 
         self.fp16 = bool(getattr(args, "fp16", False)) and getattr(args, "fp16_opt_level", "O1") != "O0"
         self.bf16 = bool(getattr(args, "bf16", False))
@@ -150,3 +162,27 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def broadcast_bytes(data: bytes | None, src: int = 0, device: torch.device | None = None) -> bytes:
+    """`data` of rank `src`, on every rank (a no-op outside a process group). Raw bytes travel as a uint8
+    tensor: nothing is pickled. `device` must be the device of the process group's backend (cuda for nccl)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return data if data is not None else b""
+    device = device or torch.device("cpu")
+    is_src = dist.get_rank() == src
+    size = torch.tensor([len(data) if is_src else 0], dtype=torch.int64, device=device)
+    dist.broadcast(size, src)
+    n = int(size.item())
+    if is_src:
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if n else None
+    else:
+        buf = torch.empty(n, dtype=torch.uint8, device=device)
+    if n:
+        dist.broadcast(buf, src)
+    return data if is_src else bytes(buf.cpu().numpy().tobytes())
+
+
+def broadcast_str(text: str | None, src: int = 0, device: torch.device | None = None) -> str:
+    """`text` of rank `src` on every rank ("" for None)."""
+    return broadcast_bytes((text or "").encode("utf-8"), src, device).decode("utf-8")

@@ -20,6 +20,8 @@ every other entry is logged. A distillation objective keeps its frozen teacher o
 What the loop guarantees:
 * the data order is a pure function of (seed, epoch), as in DistributedSampler, so a resumed run sees exactly the
   batches an uninterrupted run would, and a 2-process run sees the same global batches as a 1-process run;
+  the data position is the number of samples consumed, so a run can also resume with another number of
+  processes (the rest of the epoch is shared out again; rank 0 decides the checkpoint, kdcore.checkpoint);
 * checkpoints hold everything needed to continue exactly (kdcore.checkpoint); on CPU a resumed run ends
   bit-identical to an uninterrupted one;
 * every trainable module is inside the one DDP wrapper (the original TinyBERT wrapped only the teacher).
@@ -39,7 +41,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (TrainState, gather_rng, load_checkpoint, prune_checkpoints, resolve_resume, run_identity,
+from . import model_card
+from .checkpoint import (TrainState, agree_on_resume, gather_rng, load_checkpoint, prune_checkpoints, run_identity,
                          save_checkpoint, sweep_orphans, unwrap)
 from .cli import UserError, ensure_writable_dir, note_progress
 from .files import atomic_open, iter_text_lines
@@ -80,17 +83,27 @@ def linear_schedule(optimizer, num_warmup_steps: int, num_training_steps: int, d
 # --------------------------------------------------------------------------------------------------------------
 # Data order
 # --------------------------------------------------------------------------------------------------------------
-def epoch_indices(num_examples: int, epoch: int, seed: int, rank: int, world_size: int, shuffle: bool = True) -> list[int]:
-    """This rank's example order for `epoch`: a permutation seeded by seed+epoch, padded to a multiple of the
-    world size and strided by rank (DistributedSampler's rule), so rank r gets perm[r::world_size]."""
+def epoch_indices(num_examples: int, epoch: int, seed: int, rank: int, world_size: int, shuffle: bool = True,
+                  consumed: int = 0) -> list[int]:
+    """This rank's examples of `epoch` once the first `consumed` samples of the epoch's global order are used.
+
+    The global order P is a permutation seeded by seed + epoch (DistributedSampler's rule). The samples left,
+    P[consumed:], are padded with P's first samples to a multiple of the world size, and rank r takes every
+    world_size-th one from r on; with consumed = 0 that is DistributedSampler's split, rank r gets P[r::world_size].
+    Since ranks take strided samples and consume equal-sized batches, after b batches of B per rank exactly the
+    first b * B * world_size samples of P are used. So with the same world size a resumed rank continues exactly
+    where it stopped, and with another world size the rest of the epoch is shared out again, nothing repeated or
+    skipped (apart from the padding of the last round).
+    """
     if shuffle:
         g = torch.Generator().manual_seed(seed + epoch)
         order = torch.randperm(num_examples, generator=g).tolist()
     else:
         order = list(range(num_examples))
-    total = math.ceil(num_examples / world_size) * world_size
-    order += order[: total - num_examples]
-    return order[rank:total:world_size]
+    rest = order[consumed:]
+    total = math.ceil(len(rest) / world_size) * world_size
+    rest += order[: total - len(rest)]
+    return rest[rank:total:world_size]
 
 
 @dataclass
@@ -214,9 +227,9 @@ class Trainer:
         if rt.is_main:
             sweep_orphans(args.output_dir)
         rt.barrier()
-        resume = resolve_resume(args, checkpoint_prefix)
+        resume = agree_on_resume(args, checkpoint_prefix, rt)  # rank 0 verifies and decides for every rank
         if resume:
-            self.state = load_checkpoint(resume, rt, self.model, self.optimizer, self.scheduler)
+            self.state = load_checkpoint(resume, rt, self.model, self.optimizer, self.scheduler, self.plan.batch_size)
             note_progress(self.state.global_step, resume)
             if rt.is_main:
                 logger.info("resumed from %s (step %d)", resume, self.state.global_step)
@@ -234,22 +247,23 @@ class Trainer:
         self.last_losses: dict = {}
 
     # -- the steps ---------------------------------------------------------------------------------------------------
-    def epoch_loader(self, epoch: int) -> tuple[torch.utils.data.DataLoader, int]:
-        """This rank's remaining micro-batches of `epoch` (from the saved data position on resume), and how many
-        micro-batches the whole epoch has."""
-        order = epoch_indices(len(self.dataset), epoch, self.args.seed, self.rt.rank, self.rt.world_size, self.shuffle)
+    def epoch_loader(self, epoch: int) -> tuple[torch.utils.data.DataLoader, list[int]]:
+        """This rank's micro-batches of `epoch` after the samples already consumed (the saved data position on
+        resume), and their sizes."""
+        order = epoch_indices(len(self.dataset), epoch, self.args.seed, self.rt.rank, self.rt.world_size, self.shuffle,
+                              consumed=self.state.samples_in_epoch)
         size = self.plan.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)]
         loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_sampler=batches[self.state.batch_in_epoch :],
+            batch_sampler=batches,
             collate_fn=self.collate_fn,
             num_workers=self.args.dataloader_num_workers,
             # A private generator: creating the iterator must not draw from the global RNG, or a resumed run
             # (which creates it mid-epoch) would see different dropout masks than an uninterrupted one.
             generator=torch.Generator(),
         )
-        return loader, len(batches)
+        return loader, [len(b) for b in batches]
 
     def micro_step(self, batch: dict, window: int, is_step: bool) -> None:
         """Forward and backward of one micro-batch; the loss is divided by its accumulation window's length."""
@@ -288,6 +302,7 @@ class Trainer:
         self.state.global_step += 1
         note_progress(self.state.global_step)
         self.last_losses = {k: v / self._running_count for k, v in self._running.items()}
+        model_card.note_progress(self.state.global_step, self.last_losses)  # for the cards of the folders saved next
         return grad_norm
 
     def log(self, grad_norm: float | None, progress) -> None:
@@ -314,6 +329,7 @@ class Trainer:
             unwrapped.train()
             record = {"step": state.global_step, **{f"eval_{k}": v for k, v in metrics.items()}}
             state.eval_history.append(record)
+            model_card.note_evaluation(record)
             self.logger.log(record)
             if self.metric_for_best is not None:
                 if self.metric_for_best not in metrics:
@@ -347,11 +363,14 @@ class Trainer:
                         dynamic_ncols=True)
         done = state.global_step >= p.total_steps
         while not done and state.epoch < p.num_epochs:
-            loader, num_batches = self.epoch_loader(state.epoch)
+            loader, sizes = self.epoch_loader(state.epoch)
+            state.batch_in_epoch = 0  # counts this order's micro-batches; a resume starts a new order
             for batch in loader:
+                # Checkpoints are taken at step ends, so windows start at the beginning of the (remaining) order.
                 micro = state.batch_in_epoch % p.accumulation  # position inside the accumulation window
-                window = min(p.accumulation, num_batches - (state.batch_in_epoch - micro))  # last one may be short
+                window = min(p.accumulation, len(sizes) - (state.batch_in_epoch - micro))  # last one may be short
                 is_step = micro == window - 1
+                state.samples_in_epoch += sizes[state.batch_in_epoch] * rt.world_size
                 self.micro_step(batch, window, is_step)
                 if not is_step:
                     continue
@@ -368,7 +387,7 @@ class Trainer:
                     break
             if not done:
                 state.epoch += 1
-                state.batch_in_epoch = 0
+                state.batch_in_epoch = state.samples_in_epoch = 0
         progress.close()
 
         if self.evaluate_fn is not None and not (self.eval_steps and state.global_step % self.eval_steps == 0):

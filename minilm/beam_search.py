@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kdcore.modeling import SelfAttentionCapture, encoder_layers
+from kdcore.attention_capture import SelfAttentionCapture
+from kdcore.modeling import encoder_layers
 
 from .unilm import UniLMSeq2Seq
 

@@ -2,7 +2,7 @@
 
 Notation: B batch, T sequence length, m = attention_mask (B, T) with 1 for real tokens, N = sum(m) the number of
 real tokens in the batch. Per-head tensors are (B, H, T, d) with H heads of size d (the layout that
-`kdcore.modeling.SelfAttentionCapture` records); concatenated tensors are (B, T, H*d).
+`kdcore.attention_capture.SelfAttentionCapture` records); concatenated tensors are (B, T, H*d).
 
 Every loss here is a KL divergence between row-wise softmax distributions over the *real keys* of a sequence:
 
@@ -15,6 +15,11 @@ example) are masked with a large *finite* negative number, never -inf, so they s
 NaN in the value or the gradient.
 
 Softmax and KL are computed in float32 with autocast disabled, so bf16/fp16 training does not degrade them.
+
+Two implementations of the same formula: `scaled_dot_logits` + `masked_row_kl` spell it out with autograd and
+materialise every (B, H, T, T) tensor (the reference, used by tests and `bench/bench_relation_loss.py`);
+`pairwise_row_kl`, which every loss below uses, computes value and gradient together in chunks of heads (and of
+examples), so its peak memory is bounded by `max_chunk_elements` instead of growing with B x H x T x T.
 """
 from __future__ import annotations
 
@@ -95,6 +100,94 @@ def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, at
         return kl.sum() / num_rows.clamp_min(1)
 
 
+# Elements of one (examples x heads x T x T) fp32 chunk: 2**24 = 64 MiB; about five such tensors are alive at once.
+MAX_CHUNK_ELEMENTS = 2**24
+
+
+def _chunks(batch: int, heads: int, seq_len: int, max_elements: int):
+    """(example slice, head slice) pairs covering B x H, each chunk holding at most max(max_elements, T*T)
+    elements of a T x T map: whole batches of several heads when they fit, else fewer examples of one head."""
+    per_head = batch * seq_len * seq_len
+    if per_head <= max_elements:
+        step = max(1, max_elements // per_head)
+        return [(slice(0, batch), slice(h, min(h + step, heads))) for h in range(0, heads, step)]
+    step = max(1, max_elements // (seq_len * seq_len))
+    return [(slice(b, min(b + step, batch)), slice(h, h + 1)) for h in range(heads) for b in range(0, batch, step)]
+
+
+class _PairwiseRowKL(torch.autograd.Function):
+    """sum over real (query, key) pairs of P (log P - log S) and its gradient w.r.t. the student's a and b, in one
+    pass per chunk; backward only rescales the stored gradients (nothing of size T x T is kept)."""
+
+    @staticmethod
+    def forward(ctx, t_a, t_b, s_a, s_b, attention_mask, max_elements):
+        B, H, T, _ = s_a.shape
+        want_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        grad_a = torch.zeros_like(s_a) if want_grad else None
+        grad_b = torch.zeros_like(s_b) if want_grad else None
+        scale_t, scale_s = 1.0 / math.sqrt(t_a.size(-1)), 1.0 / math.sqrt(s_a.size(-1))
+        m = attention_mask.bool()
+        total = torch.zeros((), dtype=torch.float64, device=s_a.device)
+        with _fp32(s_a.device):
+            for bs, hs in _chunks(B, H, T, max_elements):
+                key_pad = ~m[bs, None, None, :]
+                not_pair = ~(m[bs, :, None] & m[bs, None, :])[:, None]
+                # log P and log S, each normalised in place over the keys (padded keys -> MASK_VALUE -> P = S = 0)
+                log_p = torch.matmul(t_a[bs, hs], t_b[bs, hs].transpose(-1, -2)).mul_(scale_t)
+                log_p = log_p.masked_fill_(key_pad, MASK_VALUE).log_softmax(-1)
+                log_s = torch.matmul(s_a[bs, hs], s_b[bs, hs].transpose(-1, -2)).mul_(scale_s)
+                log_s = log_s.masked_fill_(key_pad, MASK_VALUE).log_softmax(-1)
+                p = log_p.exp()
+                # log P - log S is NaN or junk at padded pairs (-inf - -inf): zero them before the product.
+                diff = log_p.sub_(log_s).masked_fill_(not_pair, 0.0)
+                total += torch.dot(p.view(-1), diff.view(-1)).double()
+                del diff, log_p
+                if want_grad:
+                    # dL/dZ^S = S - P on real pairs (each real row of P sums to 1), 0 elsewhere; Z^S = a b^T * scale
+                    g = log_s.exp_().sub_(p).masked_fill_(not_pair, 0.0)
+                    grad_a[bs, hs] = torch.matmul(g, s_b[bs, hs]).mul_(scale_s)
+                    grad_b[bs, hs] = torch.matmul(g.transpose(-1, -2), s_a[bs, hs]).mul_(scale_s)
+                del log_s, p
+        ctx.save_for_backward(grad_a, grad_b)
+        return total.float()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_a, grad_b = ctx.saved_tensors
+        return None, None, grad_a * grad_out, grad_b * grad_out, None, None
+
+
+def pairwise_row_kl(
+    teacher_a: torch.Tensor,
+    teacher_b: torch.Tensor,
+    student_a: torch.Tensor,
+    student_b: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """masked_row_kl(scaled_dot_logits(t_a, t_b), scaled_dot_logits(s_a, s_b)) with bounded memory:
+
+        P = softmax(t_a t_b^T / sqrt(d_T)),  S = softmax(s_a s_b^T / sqrt(d_S))      (rows over real keys)
+        L = 1 / (H * N) * sum_{b, h, real i, real j} P (log P - log S)
+        dL/dZ^S = (S - P) / (H * N) on real pairs  =>  dL/ds_a = (dL/dZ^S) s_b / sqrt(d_S),  dL/ds_b = (dL/dZ^S)^T s_a / sqrt(d_S)
+
+    Per-head inputs (B, H, T, d_T) and (B, H, T, d_S), any float dtype (computed in float32, autocast off).
+    Value and gradient are computed chunk by chunk (`max_chunk_elements` elements of T x T maps per chunk) in the
+    forward pass, so no (B, H, T, T) tensor is ever whole. The teacher side must carry no gradient.
+    """
+    if teacher_a.shape[:3] != student_a.shape[:3]:
+        raise ValueError(
+            f"relation shapes differ: teacher {tuple(teacher_a.shape[:3])} vs student {tuple(student_a.shape[:3])} "
+            "(batch, heads, tokens)"
+        )
+    if torch.is_grad_enabled() and (teacher_a.requires_grad or teacher_b.requires_grad):
+        raise ValueError("the teacher's relations must carry no gradient (run the teacher under torch.no_grad())")
+    kl_sum = _PairwiseRowKL.apply(teacher_a.float(), teacher_b.float(), student_a.float(), student_b.float(),
+                                  attention_mask, int(max_chunk_elements))
+    num_rows = attention_mask.bool().sum() * student_a.size(1)
+    return kl_sum / num_rows.clamp_min(1)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # MiniLM v1: last-layer attention distributions + value relations (same head count in teacher and student)
 # --------------------------------------------------------------------------------------------------------------
@@ -107,11 +200,7 @@ def _per_head_kl(what, teacher_a, teacher_b, student_a, student_b, attention_mas
             f"{what}: teacher has {teacher_a.size(1)} attention heads, student {student_a.size(1)}; MiniLM v1 needs "
             "equal head counts (MiniLMv2's relation heads do not)"
         )
-    return masked_row_kl(
-        scaled_dot_logits(teacher_a, teacher_b, attention_mask),
-        scaled_dot_logits(student_a, student_b, attention_mask),
-        attention_mask,
-    )
+    return pairwise_row_kl(teacher_a, teacher_b, student_a, student_b, attention_mask)
 
 
 def attention_distribution_kl(
@@ -150,6 +239,7 @@ def self_attention_relation_kl(
     student_states: torch.Tensor,
     attention_mask: torch.Tensor,
     num_relation_heads: int,
+    max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """MiniLMv2 self-attention relation transfer for one of Q, K or V.
 
@@ -162,11 +252,7 @@ def self_attention_relation_kl(
     """
     t = split_relation_heads(teacher_states, num_relation_heads)
     s = split_relation_heads(student_states, num_relation_heads)
-    return masked_row_kl(
-        scaled_dot_logits(t, t, attention_mask),
-        scaled_dot_logits(s, s, attention_mask),
-        attention_mask,
-    )
+    return pairwise_row_kl(t, t, s, s, attention_mask, max_chunk_elements)
 
 
 def common_relation_head_counts(*hidden_sizes: int, limit: int = 6) -> list[int]:

@@ -7,6 +7,7 @@ import torch
 from minilm.losses import (
     attention_distribution_kl,
     masked_row_kl,
+    pairwise_row_kl,
     scaled_dot_logits,
     self_attention_relation_kl,
     split_relation_heads,
@@ -187,3 +188,56 @@ def test_fp32_under_autocast():
 def test_masked_row_kl_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="relation shapes differ"):
         masked_row_kl(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, 3), torch.ones(1, 3))
+
+
+# ---- chunked value + analytic gradient (pairwise_row_kl) against the autograd reference ---------------------------
+def _reference_kl(t_a, t_b, s_a, s_b, mask):
+    """The unchunked formula with autograd: every (B, H, T, T) tensor whole."""
+    return masked_row_kl(scaled_dot_logits(t_a, t_b, mask), scaled_dot_logits(s_a, s_b, mask), mask)
+
+
+@pytest.mark.parametrize("max_elements", [1, 7 * 7 * 2, 7 * 7 * 4 * 3, 2**24])  # 1 example x 1 head ... everything
+@pytest.mark.parametrize("relation", [True, False])
+def test_chunked_kl_equals_reference_in_value_and_gradient(max_elements, relation):
+    B, T, H = len(LENGTHS), max(LENGTHS), 6
+    mask = _mask()
+    t_a, t_b = _rand(B, H, T, 8, seed=60), _rand(B, H, T, 8, seed=61)
+    s_a0, s_b0 = _rand(B, H, T, 4, seed=62), _rand(B, H, T, 4, seed=63)
+    if relation:  # MiniLMv2 / value relation: a = b, the gradient reaches one tensor through both sides
+        t_b, s_b0 = t_a, s_a0
+    results = []
+    for fn in (_reference_kl, lambda *x: pairwise_row_kl(*x, max_chunk_elements=max_elements)):
+        s_a = s_a0.clone().requires_grad_()
+        s_b = s_a if relation else s_b0.clone().requires_grad_()
+        loss = fn(t_a, t_b, s_a, s_b, mask)
+        (loss * 3.0).backward()  # a non-unit upstream gradient
+        results.append((loss.detach(), s_a.grad, s_b.grad))
+    (ref, ref_ga, ref_gb), (got, got_ga, got_gb) = results
+    assert ref.item() > 0.01
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got_ga, ref_ga, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got_gb, ref_gb, rtol=1e-6, atol=1e-7)
+    assert ref_ga.abs().max() > 1e-3
+
+
+def test_chunked_relation_kl_in_bf16_autocast_matches_reference_on_the_same_inputs():
+    mask = _mask((6, 4, 0))
+    t = _rand(3, 6, 16, seed=70).bfloat16()
+    s_ref = _rand(3, 6, 16, seed=71).bfloat16().requires_grad_()
+    s_new = s_ref.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tr, sr = split_relation_heads(t, 4), split_relation_heads(s_ref, 4)
+        ref = _reference_kl(tr, tr, sr, sr, mask)
+        got = self_attention_relation_kl(t, s_new, mask, 4, max_chunk_elements=36)
+    ref.backward()
+    got.backward()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+    assert s_new.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(s_new.grad.float(), s_ref.grad.float(), rtol=1e-2, atol=1e-6)  # bf16 rounding of the gradient
+
+
+def test_chunked_kl_refuses_a_teacher_with_gradient():
+    x = _rand(1, 2, 3, 4, seed=0).requires_grad_()
+    with pytest.raises(ValueError, match="no gradient"):
+        pairwise_row_kl(x, x, x.detach(), x.detach(), torch.ones(1, 3))

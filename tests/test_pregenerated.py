@@ -124,7 +124,8 @@ def test_reads_what_pregenerate_training_data_writes(tmp_path, packaged_teacher,
         corpus.write_text(f.read(120_000).rsplit("\n", 1)[0] + "\n", encoding="utf-8")
     out = tmp_path / "pregen"
     pregenerate_training_data.main(["--train_corpus", str(corpus), "--bert_model", packaged_teacher, "--do_lower_case",
-                                    "--output_dir", str(out), "--epochs_to_generate", "2", "--max_seq_len", "48"])
+                                    "--output_dir", str(out), "--epochs_to_generate", "2", "--max_seq_len", "48",
+                                    "--output_format", "json"])
     data = PregeneratedTrainingData(str(out), bert_tokenizer, num_train_epochs=2, reduce_memory=True, shuffle=False,
                                     max_positions=512)
     for epoch in (0, 1):

@@ -1,4 +1,4 @@
-"""GLUE readers against the real files, metrics against sklearn/scipy, label order, bad input."""
+"""GLUE readers against the real files, metrics (scikit-learn / scipy) against their formulas, label order, bad input."""
 import os
 import subprocess
 import sys
@@ -83,26 +83,35 @@ def test_bad_rows_name_file_and_line(tmp_path):
         get_task("sst-3")
 
 
-def test_metrics_match_sklearn_and_scipy():
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef as sk_mcc
+def _average_ranks(x):
+    """1-based ranks, ties sharing their average rank (by hand, for the Spearman reference)."""
+    x = np.asarray(x, dtype=float)
+    return np.array([(x < v).sum() + ((x == v).sum() + 1) / 2 for v in x])
 
+
+def test_metrics_match_their_formulas():
     rng = np.random.default_rng(0)
     for _ in range(5):
         y = rng.integers(0, 2, 200)
         p = np.where(rng.random(200) < 0.7, y, 1 - y)
-        assert matthews_corrcoef(p, y) == pytest.approx(sk_mcc(y, p), abs=1e-12)
-        assert f1_binary(p, y) == pytest.approx(f1_score(y, p), abs=1e-12)
+        tp, tn = float(((p == 1) & (y == 1)).sum()), float(((p == 0) & (y == 0)).sum())
+        fp, fn = float(((p == 1) & (y == 0)).sum()), float(((p == 0) & (y == 1)).sum())
+        want_mcc = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        assert matthews_corrcoef(p, y) == pytest.approx(want_mcc, abs=1e-12)
+        assert f1_binary(p, y) == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
         r = compute_metrics(get_task("MRPC"), p, y)
-        assert r["acc"] == pytest.approx(accuracy_score(y, p))
+        assert r["acc"] == pytest.approx((tp + tn) / 200)
         assert r["acc_and_f1"] == pytest.approx((r["acc"] + r["f1"]) / 2)
         a = rng.integers(0, 6, 100).astype(float)  # many ties
         b = a + rng.normal(0, 1.5, 100)
-        assert pearson(a, b) == pytest.approx(pearsonr(a, b)[0], abs=1e-10)
-        assert spearman(a, b) == pytest.approx(spearmanr(a, b)[0], abs=1e-10)
+        assert pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-10)
+        assert spearman(a, b) == pytest.approx(np.corrcoef(_average_ranks(a), _average_ranks(b))[0, 1], abs=1e-10)
     # hand values: TP=2, TN=1, FP=1, FN=0 -> MCC = (2*1 - 1*0)/sqrt(3*2*2*1)
     assert matthews_corrcoef([1, 1, 1, 0], [1, 1, 0, 0]) == pytest.approx(2 / np.sqrt(12))
-    assert matthews_corrcoef([1, 1, 1], [0, 1, 0]) == 0.0  # a constant prediction: 0, as sklearn
+    assert matthews_corrcoef([1, 1, 1], [0, 1, 0]) == 0.0  # a constant prediction: 0
+    assert f1_binary([0, 0], [0, 0]) == 0.0  # no positive anywhere
+    assert pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == 0.0 and spearman([2.0, 2.0], [1.0, 3.0]) == 0.0
+    assert spearman([1.0, 2.0, 3.0], [10.0, 20.0, 15.0]) == pytest.approx(0.5)  # ranks 1,2,3 vs 1,3,2
     assert set(compute_metrics(get_task("cola"), [1], [1])) == {"mcc"}
     assert set(compute_metrics(get_task("sts-b"), [1.0, 2.0], [1.0, 3.0])) == {"pearson", "spearmanr", "corr"}
 
@@ -130,3 +139,36 @@ def test_cli_missing_train_exits_2(tmp_path, tiny_bert_dir):
     assert proc.returncode == 2
     assert "run_glue.py: error: --data_dir" in proc.stderr and "no train.tsv for SST-2" in proc.stderr
     assert not os.path.exists(tmp_path / "o" / "model.safetensors")
+
+
+def test_encoder_items_match_one_by_one_tokenisation(shared_data, bert_tokenizer):
+    """glue.encode: each item is what the tokenizer gives for that pair alone (truncated), labels are indices in
+    the model's order (not GLUE's), STS-B keeps its score, and test items have no label; pad_collate batches them."""
+    import torch
+
+    from kdcore.finetune import pad_collate
+    from tinybert.glue import encode
+
+    mrpc = get_task("MRPC")
+    examples = load_split(os.path.join(shared_data, "glue", "MRPC"), mrpc, "dev", max_examples=6)
+    items = encode(examples, bert_tokenizer, mrpc, ["1", "0"], max_seq_length=24, chunk=4)  # two chunks
+    assert len(items) == 6
+    for e, it in zip(examples, items):
+        ref = bert_tokenizer(e.text_a, e.text_b, truncation=True, max_length=24, return_token_type_ids=True)
+        assert it["input_ids"] == ref["input_ids"] and it["token_type_ids"] == ref["token_type_ids"]
+        assert len(it["input_ids"]) <= 24
+        assert it["labels"] == (0 if e.label == "1" else 1)
+    batch = pad_collate(items, bert_tokenizer.pad_token_id)
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [it["labels"] for it in items]
+
+    stsb = get_task("STS-B")
+    scored = load_split(os.path.join(shared_data, "glue", "STS-B"), stsb, "dev", max_examples=3)
+    s_items = encode(scored, bert_tokenizer, stsb, None, max_seq_length=32)
+    assert [it["labels"] for it in s_items] == [float(e.label) for e in scored]
+    assert pad_collate(s_items, 0)["labels"].dtype == torch.float32
+
+    from dataclasses import replace
+
+    test = [replace(e, label=None) for e in examples[:3]]  # unlabelled, as test files are
+    t_items = encode(test, bert_tokenizer, mrpc, ["0", "1"], max_seq_length=32)
+    assert all("labels" not in it for it in t_items) and "labels" not in pad_collate(t_items, 0)

@@ -27,7 +27,7 @@ def masked_run(tmp_path_factory, wiki, packaged_teacher):
     out = str(tmp_path_factory.mktemp("pregen_masked"))
     script.main(["--train_corpus", wiki, "--bert_model", packaged_teacher, "--do_lower_case", "--output_dir", out,
                  "--epochs_to_generate", "2", "--max_documents", "8", "--masked_lm_prob", "0.15",
-                 "--do_whole_word_mask", "--max_seq_len", "64"])
+                 "--do_whole_word_mask", "--max_seq_len", "64", "--output_format", "json"])
     return out
 
 
@@ -85,7 +85,7 @@ def test_epoch_files_follow_the_original_format(masked_run, packaged_teacher):
 
 def test_workers_and_reduce_memory_give_identical_output(tmp_path, wiki, packaged_teacher):
     common = ["--train_corpus", wiki, "--bert_model", packaged_teacher, "--do_lower_case", "--epochs_to_generate", "1",
-              "--max_documents", "6", "--masked_lm_prob", "0.15", "--max_seq_len", "64"]
+              "--max_documents", "6", "--masked_lm_prob", "0.15", "--max_seq_len", "64", "--output_format", "json"]
     outputs = []
     for extra in ([], ["--num_workers", "2"], ["--num_workers", "2", "--reduce_memory"]):
         out = str(tmp_path / f"run{len(outputs)}")
@@ -102,7 +102,7 @@ def test_masked_lm_prob_zero_means_no_masks(tmp_path, packaged_teacher):
     corpus.write_text("The cat sat on the mat.\nIt purred.\n\nDogs bark loudly.\nThey run.\n\nBirds sing.\n")
     out = str(tmp_path / "o")
     script.main(["--train_corpus", str(corpus), "--bert_model", packaged_teacher,
-                 "--output_dir", out, "--epochs_to_generate", "1"])
+                 "--output_dir", out, "--epochs_to_generate", "1", "--output_format", "json"])
     instances, metrics = _read_epoch(out)
     assert metrics["num_training_examples"] == len(instances) >= 3
     assert all(i["masked_lm_positions"] == [] and "[MASK]" not in i["tokens"] for i in instances)
@@ -114,7 +114,7 @@ def test_single_document_needs_one_seq(tmp_path, packaged_teacher):
     corpus = tmp_path / "c.txt"
     corpus.write_text("One sentence here.\nAnother one there.\n")
     args = ["--train_corpus", str(corpus), "--bert_model", packaged_teacher, "--output_dir", str(tmp_path / "o"),
-            "--epochs_to_generate", "1"]
+            "--epochs_to_generate", "1", "--output_format", "json"]
     with pytest.raises(UserError, match="no document breaks found"):
         script.main(args)
     assert not os.path.exists(tmp_path / "o" / "epoch_0.json")

@@ -5,6 +5,7 @@ A tiny BERT with a regression head learns a fixed random target from random toke
 """
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -20,7 +21,8 @@ from kdcore.trainer import train
 
 
 class ToyData(torch.utils.data.Dataset):
-    def __init__(self, n, seq_len=12, vocab=50):
+    def __init__(self, n, seq_len=12, vocab=50, sample_log=None):
+        self.sample_log = sample_log  # a file that gets the index of every example fetched, one a line
         g = torch.Generator().manual_seed(1234)
         self.ids = torch.randint(1, vocab, (n, seq_len), generator=g)
         self.lengths = torch.randint(3, seq_len + 1, (n,), generator=g)
@@ -30,6 +32,9 @@ class ToyData(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i):
+        if self.sample_log:
+            with open(self.sample_log, "a") as f:
+                f.write(f"{i}\n")
         return self.ids[i], self.lengths[i], self.targets[i]
 
 
@@ -50,8 +55,13 @@ class Regression(nn.Module):
         self.encoder = BertModel(config, add_pooling_layer=False)
         self.head = nn.Linear(32, 1)
         self.sleep = 0.0
+        self.kill_at_forward = 0
+        self.forwards = 0
 
     def forward(self, input_ids, attention_mask, targets):
+        self.forwards += 1
+        if self.forwards == self.kill_at_forward:  # a crash at a known point: SIGKILL, nothing cleaned up
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.sleep:
             time.sleep(self.sleep)
         h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
@@ -73,12 +83,16 @@ def main(argv=None):
     parser.add_argument("--num_examples", type=int, default=40)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--sleep_per_batch", type=float, default=0.0)
+    parser.add_argument("--kill_at_forward", type=int, default=0, help="SIGKILL this process at its N-th forward")
+    parser.add_argument("--sample_log", default=None, help="append each fetched example's index to FILE.rank<R>")
     add_runtime_args(parser, defaults={"learning_rate": 1e-3, "logging_steps": 1})
     args = parse_args(parser, argv)
     rt = Runtime(args)
     model = Regression(args.dropout)
     model.sleep = args.sleep_per_batch
-    train(rt, args, model, ToyData(args.num_examples), collate, args.train_batch_size, args.num_train_epochs, save)
+    model.kill_at_forward = args.kill_at_forward
+    log = f"{args.sample_log}.rank{rt.rank}" if args.sample_log else None
+    train(rt, args, model, ToyData(args.num_examples, sample_log=log), collate, args.train_batch_size, args.num_train_epochs, save)
     if rt.distributed:  # every rank writes its own weights so the test can compare ranks
         from safetensors.torch import save_file
 

@@ -1,5 +1,8 @@
-"""Sequence classification / regression on GLUE: features, batches, evaluation, predictions, and plain
-fine-tuning (`run_glue.py`). Task distillation (`tinybert/task_distill.py`) reuses all of it.
+"""Sequence classification / regression on GLUE, on the one fine-tuning driver (`kdcore/finetune.py`): GLUE
+supplies the reader (`tinybert.glue.load_split`), the encoder (`tinybert.glue.encode`) and the metric
+(`tinybert.glue.compute_metrics`); this module adds the gold-label loss, evaluation, predictions, the
+classifier's label head, and plain fine-tuning (`run_glue.py`). Task distillation (`tinybert/task_distill.py`)
+reuses all of it.
 """
 from __future__ import annotations
 
@@ -11,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcore.batching import pad_batch
+from kdcore import model_card
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.files import atomic_open
-from kdcore.finetune import predict_batches
+from kdcore.finetune import pad_collate, predict_batches
 from kdcore.modeling import atomic_write_json, check_length_fits, check_vocab, hf_from_pretrained, load_model
-from tinybert.glue import GlueTask, InputExample, compute_metrics, label_order, load_split
+from tinybert.glue import GlueTask, InputExample, compute_metrics, encode, label_order, load_split
 
 logger = logging.getLogger("kd.glue")
 
@@ -24,51 +27,8 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "sent
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Features
+# Loss, batches, evaluation and predictions (the encoder is tinybert.glue.encode, the metric compute_metrics)
 # --------------------------------------------------------------------------------------------------------------
-class GlueDataset(torch.utils.data.Dataset):
-    """Tokenized examples (fast tokenizer, pairs truncated longest-first to `max_seq_length`)."""
-
-    def __init__(self, examples: list[InputExample], tokenizer, task: GlueTask, labels: list[str] | None,
-                 max_seq_length: int, batch: int = 2048):
-        self.examples = examples
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        label_map = {lab: i for i, lab in enumerate(labels)} if labels is not None else None
-        self.features = []
-        for start in range(0, len(examples), batch):
-            chunk = examples[start : start + batch]
-            a = [e.text_a for e in chunk]
-            b = [e.text_b for e in chunk] if task.text_b is not None else None
-            enc = tokenizer(a, b, truncation=True, max_length=max_seq_length, return_token_type_ids=True)
-            for i, e in enumerate(chunk):
-                if e.label is None:
-                    label = None
-                elif label_map is None:
-                    label = float(e.label)
-                else:
-                    label = label_map[e.label]
-                self.features.append((enc["input_ids"][i], enc["token_type_ids"][i], label))
-
-    def __len__(self):
-        return len(self.features)
-
-    def __getitem__(self, idx):
-        return self.features[idx]
-
-    def collate(self, items) -> dict[str, torch.Tensor]:
-        """Pad to the longest sequence of the batch."""
-        batch = pad_batch([i for i, _, _ in items], [t for _, t, _ in items], self.pad_id)
-        labels = [lab for _, _, lab in items]
-        if all(lab is not None for lab in labels):
-            dtype = torch.float32 if isinstance(labels[0], float) else torch.long
-            batch["labels"] = torch.tensor(labels, dtype=dtype)
-        return batch
-
-
-def model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-
-
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: GlueTask) -> torch.Tensor:
     """Gold-label loss: cross-entropy (classification) or MSE (regression, STS-B)."""
     if task.labels is None:
@@ -76,19 +36,25 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: GlueTask) -> tor
     return F.cross_entropy(logits.float(), labels)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Evaluation and predictions
-# --------------------------------------------------------------------------------------------------------------
-def predict_logits(model: nn.Module, dataset: GlueDataset, batch_size: int, device, autocast=None) -> np.ndarray:
-    out = predict_batches(model, dataset, dataset.collate, batch_size, device,
-                          lambda model, batch: model(**model_inputs(batch)).logits.float().cpu().numpy(), autocast)
+def glue_collate(tokenizer):
+    """Batches of encoded items padded with the tokenizer's pad id (0 when it has none)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return lambda items: pad_collate(items, pad_id)
+
+
+def predict_logits(model: nn.Module, items: list[dict], collate, batch_size: int, device, autocast=None) -> np.ndarray:
+    def step(model, batch):
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float().cpu().numpy()
+
+    out = predict_batches(model, items, collate, batch_size, device, step, autocast)
     return np.concatenate(out, axis=0) if out else np.zeros((0, 1), dtype=np.float32)
 
 
-def evaluate(model: nn.Module, dataset: GlueDataset, task: GlueTask, batch_size: int, device, autocast=None) -> dict:
-    """GLUE metrics of `model` on a labelled dataset, plus `eval_loss` (CE or MSE against the gold labels)."""
-    logits = predict_logits(model, dataset, batch_size, device, autocast)
-    gold = np.asarray([lab for _, _, lab in dataset.features])
+def evaluate(model: nn.Module, items: list[dict], task: GlueTask, collate, batch_size: int, device,
+             autocast=None) -> dict:
+    """GLUE metrics of `model` on labelled items, plus `eval_loss` (CE or MSE against the gold labels)."""
+    logits = predict_logits(model, items, collate, batch_size, device, autocast)
+    gold = np.asarray([it["labels"] for it in items])
     if task.labels is None:
         preds = logits.reshape(-1)
         loss = float(np.mean((preds - gold) ** 2))
@@ -101,12 +67,12 @@ def evaluate(model: nn.Module, dataset: GlueDataset, task: GlueTask, batch_size:
     return result
 
 
-def write_predictions(model, dataset: GlueDataset, task: GlueTask, labels: list[str] | None, path: str,
-                      batch_size: int, device) -> None:
+def write_predictions(model, examples: list[InputExample], items: list[dict], collate, labels: list[str] | None,
+                      path: str, batch_size: int, device) -> None:
     """GLUE submission file: `index<TAB>prediction` (a label name, or a score for STS-B)."""
-    logits = predict_logits(model, dataset, batch_size, device)
+    logits = predict_logits(model, items, collate, batch_size, device)
     lines = ["index\tprediction"]
-    for example, row in zip(dataset.examples, logits):
+    for example, row in zip(examples, logits):
         index = example.guid.split("-", 1)[1]
         value = f"{float(row[0]):.3f}" if labels is None else labels[int(row.argmax())]
         lines.append(f"{index}\t{value}")
@@ -165,21 +131,24 @@ def load_classifier(path: str, task: GlueTask, labels: list[str] | None, argname
 # Shared driver pieces
 # --------------------------------------------------------------------------------------------------------------
 def eval_sets(task_key: str, task: GlueTask, data_dir: str, tokenizer, labels, max_seq_length: int,
-              max_examples: int | None) -> dict[str, GlueDataset]:
-    """Dev sets to evaluate: the task's dev set, and for MNLI the mismatched one too (prefix "mm_")."""
+              max_examples: int | None) -> dict[str, list[dict]]:
+    """Encoded dev sets to evaluate: the task's dev set, and for MNLI the mismatched one too (prefix "mm_")."""
     from tinybert.glue import TASKS
 
-    sets = {"": GlueDataset(load_split(data_dir, task, "dev", max_examples=max_examples), tokenizer, task, labels, max_seq_length)}
+    sets = {"": encode(load_split(data_dir, task, "dev", max_examples=max_examples), tokenizer, task, labels,
+                       max_seq_length)}
     if task_key == "mnli":
         mm = TASKS["mnli-mm"]
-        sets["mm_"] = GlueDataset(load_split(data_dir, mm, "dev", max_examples=max_examples), tokenizer, mm, labels, max_seq_length)
+        sets["mm_"] = encode(load_split(data_dir, mm, "dev", max_examples=max_examples), tokenizer, mm, labels,
+                             max_seq_length)
     return sets
 
 
-def evaluate_all(model, sets: dict[str, GlueDataset], task: GlueTask, batch_size: int, device, autocast=None) -> dict:
+def evaluate_all(model, sets: dict[str, list[dict]], task: GlueTask, collate, batch_size: int, device,
+                 autocast=None) -> dict:
     result = {}
-    for prefix, dataset in sets.items():
-        for k, v in evaluate(model, dataset, task, batch_size, device, autocast).items():
+    for prefix, items in sets.items():
+        for k, v in evaluate(model, items, task, collate, batch_size, device, autocast).items():
             result[prefix + k] = v
     return result
 
@@ -192,9 +161,10 @@ def predict_test_sets(model, task_key: str, task: GlueTask, data_dir: str, token
     keys = [task_key] + (["mnli-mm"] if task_key == "mnli" else [])
     for key in keys:
         t = TASKS[key]
-        dataset = GlueDataset(load_split(data_dir, t, "test"), tokenizer, t, labels, max_seq_length)
+        examples = load_split(data_dir, t, "test")
         path = os.path.join(output_dir, submission_name(key, t))
-        write_predictions(model, dataset, t, labels, path, batch_size, device)
+        write_predictions(model, examples, encode(examples, tokenizer, t, labels, max_seq_length),
+                          glue_collate(tokenizer), labels, path, batch_size, device)
         written.append(path)
     return written
 
@@ -205,6 +175,7 @@ def write_results(result: dict, output_dir: str, name: str = "eval_results.json"
         return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else float(v)
 
     atomic_write_json({k: number(v) for k, v in result.items()}, path)
+    model_card.note_results(result, output_dir)
     for k in sorted(result):
         logger.info("  %s = %s", k, result[k])
     return path
@@ -233,10 +204,11 @@ def run_glue(args) -> dict:
     config = read_folder_config(args.model_name_or_path) if args.config_name is None else None
     labels = label_order(task, config if (config is not None and is_classifier_config(config)) else None)
 
-    train_set = None
+    collate = glue_collate(tokenizer)
+    train_items = None
     if args.do_train:
         examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
-        train_set = GlueDataset(examples, tokenizer, task, labels, args.max_seq_length)
+        train_items = encode(examples, tokenizer, task, labels, args.max_seq_length)
     sets = eval_sets(task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length, args.max_eval_examples) \
         if (args.do_eval or (args.do_train and args.evaluate_during_training)) else {}
 
@@ -247,8 +219,8 @@ def run_glue(args) -> dict:
         evaluate_fn = None
         if args.evaluate_during_training:
             def evaluate_fn(objective, step):
-                return evaluate_all(objective.model, sets, task, args.per_gpu_eval_batch_size, rt.device)
-        train_task(rt, args, model, train_set, tokenizer, collate_fn=train_set.collate,
+                return evaluate_all(objective.model, sets, task, collate, args.per_gpu_eval_batch_size, rt.device)
+        train_task(rt, args, model, train_items, tokenizer, collate_fn=collate,
                    loss_fn=lambda logits, gold: task_loss(logits, gold, task), evaluate_fn=evaluate_fn,
                    eval_steps=args.logging_steps if args.evaluate_during_training else 0,
                    metric_for_best=task.metric if args.evaluate_during_training else None)
@@ -257,14 +229,14 @@ def run_glue(args) -> dict:
     final = {}
     if rt.is_main:
         if args.do_eval:
-            final = evaluate_all(model, sets, task, args.per_gpu_eval_batch_size, rt.device)
+            final = evaluate_all(model, sets, task, collate, args.per_gpu_eval_batch_size, rt.device)
             write_results(final, args.output_dir)
             if args.eval_all_checkpoints:  # each checkpoint's results beside it; the final model's are above
                 for name, ckpt in checkpoints_to_evaluate(args.output_dir, include_checkpoints=True):
                     if name == "final":
                         continue
                     m = load_classifier(ckpt, task, labels, "--output_dir", tokenizer=tokenizer).to(rt.device)
-                    write_results(evaluate_all(m, sets, task, args.per_gpu_eval_batch_size, rt.device), ckpt)
+                    write_results(evaluate_all(m, sets, task, collate, args.per_gpu_eval_batch_size, rt.device), ckpt)
         if args.do_predict:
             for path in predict_test_sets(model, task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length,
                                           args.output_dir, args.per_gpu_eval_batch_size, rt.device):

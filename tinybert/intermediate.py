@@ -7,8 +7,9 @@
 
 W is `fit_dense`, one trainable nn.Linear(student hidden, teacher hidden) shared by all layers (as in TinyBERT),
 sized from the two configs. Sums over layers as in the original. The formulas of each term are in
-`tinybert.losses`. Attention scores are rebuilt from the query/key projections captured by forward hooks, so both
-models keep their SDPA attention.
+`tinybert.losses`; `reduction="original"` (`--loss_reduction original`) uses TinyBERT's means over every padded
+position instead (`hidden_mse_original`, `attention_score_mse_original`). Attention scores are rebuilt from the
+query/key projections captured by forward hooks, so both models keep their SDPA attention.
 """
 from __future__ import annotations
 
@@ -18,16 +19,25 @@ import os
 import torch
 from torch import nn
 
+from kdcore.attention_capture import SelfAttentionCapture, attention_scores
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
-from kdcore.distill import DistillMethod
+from kdcore.distill import DistillMethod, option
 from kdcore.families import require_qk_attention
-from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers
+from kdcore.modeling import encoder_layers
 from kdcore.objective import DistillObjective
 
-from .losses import attention_score_mse, hidden_mse, layer_mapping
+from .losses import attention_score_mse, attention_score_mse_original, hidden_mse, hidden_mse_original, layer_mapping
 
 logger = logging.getLogger("kd")
+
+LOSS_REDUCTIONS = ("real_tokens", "original")  # the toolkit's default, TinyBERT's code
+# One definition for general distillation (a tinybert method option) and task distillation (task_distill.py).
+LOSS_REDUCTION = option(
+    "--loss_reduction", choices=list(LOSS_REDUCTIONS), default="real_tokens",
+    help="TinyBERT losses: means over real tokens only (default, unchanged by padding), or 'original': TinyBERT's "
+    "code, means over every padded position (the loss shrinks as padding grows) and, in task distillation stage 2, "
+    "a soft cross-entropy averaged over classes too")
 
 
 class TinyBertIntermediateObjective(DistillObjective):
@@ -36,10 +46,13 @@ class TinyBertIntermediateObjective(DistillObjective):
 
     TERMS = ("embedding", "hidden", "attention")
 
-    def __init__(self, teacher: nn.Module, student: nn.Module):
+    def __init__(self, teacher: nn.Module, student: nn.Module, reduction: str = "real_tokens"):
+        if reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"unknown loss reduction {reduction!r}; expected one of {LOSS_REDUCTIONS}")
         for model in (teacher, student):
             require_qk_attention(model.config, "tinybert")
         super().__init__(teacher, student)
+        self.reduction = reduction  # "real_tokens" (the toolkit's) or "original" (TinyBERT's code)
         self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model)  # student i <- these
         self.fit_dense = build_fit_dense(student.config, teacher.config)
         # No loss term reaches the pooler or a task head: keep them out of the optimizer and of DDP's gradient sync.
@@ -67,7 +80,8 @@ class TinyBertIntermediateObjective(DistillObjective):
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
         # `labels` (task distillation batches carry them) are not used by these losses.
         return intermediate_layer_losses(self.teacher.base_model, self.student.base_model, self.fit_dense,
-                                         self.teacher_layers, input_ids, attention_mask, token_type_ids)
+                                         self.teacher_layers, input_ids, attention_mask, token_type_ids,
+                                         reduction=self.reduction)
 
 
 def build_fit_dense(student_config, teacher_config) -> nn.Linear:
@@ -80,7 +94,7 @@ def build_fit_dense(student_config, teacher_config) -> nn.Linear:
 
 
 def build_objective(args, teacher, student) -> TinyBertIntermediateObjective:
-    objective = TinyBertIntermediateObjective(teacher, student)
+    objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction)
     if args.continue_train and objective.load_fit_dense(args.student_model):
         logger.info("continuing fit_dense from %s", args.student_model)
     return objective
@@ -90,7 +104,7 @@ METHOD = DistillMethod(
     name="tinybert",
     summary="embedding + hidden-state MSE (through fit_dense) + attention-score MSE on mapped layers (TinyBERT's "
     "general distillation; the default)",
-    options=(),
+    options=(LOSS_REDUCTION,),
     build=build_objective,
 )
 
@@ -113,11 +127,19 @@ def check_layer_compatibility(teacher: nn.Module, student: nn.Module) -> list[in
 
 
 def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input_ids, attention_mask,
-                              token_type_ids=None) -> dict[str, torch.Tensor]:
+                              token_type_ids=None, reduction: str = "real_tokens") -> dict[str, torch.Tensor]:
     """{"loss": L_emb + L_hidden + L_att, "embedding", "hidden", "attention"} for one batch (see module docstring).
 
     `teacher` and `student` are bare encoders (pass `model.base_model` for models with a task head).
+    `reduction`: "real_tokens" (means over real tokens only) or "original" (TinyBERT's means over all positions).
     """
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; expected one of {LOSS_REDUCTIONS}")
+    if reduction == "original":
+        hidden_loss, attention_loss = hidden_mse_original, attention_score_mse_original
+    else:
+        hidden_loss = lambda s, t: hidden_mse(s, t, attention_mask)  # noqa: E731
+        attention_loss = lambda s, t: attention_score_mse(s, t, attention_mask)  # noqa: E731
     inputs = encoder_inputs(input_ids, attention_mask, token_type_ids, output_hidden_states=True)
     parts = ("query", "key")
     student_layers = list(range(len(teacher_layers)))
@@ -126,15 +148,12 @@ def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input
     with SelfAttentionCapture(student, student_layers, parts) as s_cap:
         s_hidden = student(**inputs).hidden_states
     k = len(t_hidden[1:]) // len(s_hidden[1:])
-    embedding = hidden_mse(fit_dense(s_hidden[0]), t_hidden[0], attention_mask)
-    hidden = sum(
-        hidden_mse(fit_dense(s_hidden[j]), t_hidden[j * k], attention_mask) for j in range(1, len(s_hidden))
-    )
+    embedding = hidden_loss(fit_dense(s_hidden[0]), t_hidden[0])
+    hidden = sum(hidden_loss(fit_dense(s_hidden[j]), t_hidden[j * k]) for j in range(1, len(s_hidden)))
     attention = sum(
-        attention_score_mse(
+        attention_loss(
             attention_scores(s_cap[s].query, s_cap[s].key, attention_mask),
             attention_scores(t_cap[t].query, t_cap[t].key, attention_mask),
-            attention_mask,
         )
         for s, t in zip(student_layers, teacher_layers)
     )

@@ -16,6 +16,7 @@ and only two small integers per document stay in memory.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import multiprocessing as mp
@@ -33,6 +34,8 @@ from tqdm import tqdm
 from kdcore.cli import UserError
 from kdcore.files import iter_text_lines
 from kdcore.modeling import atomic_write_json
+from kdcore.shards import (PACKED_DIR, PACKED_MANIFEST, ShardWriter, epoch_shard_fields, token_dtype,
+                           vocab_sha1)
 
 logger = logging.getLogger("kd.pregenerate")
 
@@ -223,9 +226,35 @@ class DiskDocumentStore(DocumentStore):
         self._writer = self._reader = None
 
 
-def tokenize_corpus(path: str, tokenizer, store: DocumentStore, corpus_format: str, batch_docs: int = 256,
+def corpus_files(spec: str, argname: str = "--train_corpus") -> list[str]:
+    """The input files of `spec`: a file, a folder (its regular files, sorted, hidden ones skipped) or a glob."""
+    if os.path.isfile(spec):
+        return [spec]
+    if os.path.isdir(spec):
+        files = sorted(os.path.join(spec, n) for n in os.listdir(spec)
+                       if not n.startswith(".") and os.path.isfile(os.path.join(spec, n)))
+        if not files:
+            raise UserError(f"{argname} {spec}: the folder holds no files")
+        return files
+    files = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+    if not files:
+        raise UserError(f"{argname}: no such file or folder, and no file matches the pattern: {spec}")
+    return files
+
+
+def iter_corpus_documents(paths: list[str], corpus_format: str) -> Iterator[list[str]]:
+    """Documents of every file in turn (a file's end is a document break); `corpus_format` "auto" decides per file."""
+    for path in paths:
+        fmt = detect_corpus_format(path) if corpus_format == "auto" else corpus_format
+        logger.info("corpus %s: %s", path,
+                    "one sentence per line" if fmt == "sentences" else "raw text, splitting sentences")
+        yield from iter_documents(path, fmt)
+
+
+def tokenize_corpus(path: str | list[str], tokenizer, store: DocumentStore, corpus_format: str, batch_docs: int = 256,
                     max_documents: int | None = None, batch_chars: int = 1 << 20) -> DocumentStore:
-    """Tokenize documents in batches with the fast tokenizer and add them to `store` (streamed).
+    """Tokenize the documents of one file or of a list of files (`corpus_format` may be "auto") in batches with
+    the fast tokenizer (which encodes a batch on all cores) and add them to `store` (streamed).
 
     A batch is flushed at `batch_docs` documents or `batch_chars` characters, whichever comes first: the
     tokenizer's Python output for a batch is the peak of memory, so it is bounded by text size, not doc count.
@@ -246,7 +275,8 @@ def tokenize_corpus(path: str, tokenizer, store: DocumentStore, corpus_format: s
     pending: list[list[str]] = []
     pending_chars = 0
     bar = tqdm(desc="Tokenizing documents", unit=" docs")
-    for n, doc in enumerate(iter_documents(path, corpus_format)):
+    paths = [path] if isinstance(path, str) else path
+    for n, doc in enumerate(iter_corpus_documents(paths, corpus_format)):
         if max_documents is not None and n >= max_documents:
             break
         pending.append(doc)
@@ -276,6 +306,8 @@ class Vocab:
         self.replacement_ids = [i for i in range(len(tokenizer)) if i not in special]
         # WordPiece marks continuations with "##"; SentencePiece marks word starts with "\u2581".
         self.sentencepiece = any(t.startswith("\u2581") for t in self.id_to_token[:2000])
+        self.token_to_id = {t: i for i, t in enumerate(self.id_to_token)}
+        self.sha1 = vocab_sha1(self.id_to_token)
 
     def is_continuation(self, token: str) -> bool:
         if self.sentencepiece:
@@ -409,62 +441,71 @@ def _init_pool_worker(store, vocab, options):
     _init_worker(store, vocab, options)
 
 
-def _generate_chunk(task: tuple[int, int, int, str]) -> tuple[int, str, int]:
-    """Write the instances of documents [start, end) for `epoch` to a part file; returns (epoch, path, count)."""
-    epoch, start, end, part_dir = task
+def _instances(doc_range, epoch: int):
     store, vocab, o = _WORKER["store"], _WORKER["vocab"], _WORKER["options"]
-    fd, part_path = tempfile.mkstemp(prefix=f".epoch_{epoch}.part-{start:09d}-", dir=part_dir)
+    for doc_idx in doc_range:
+        rng = random.Random(f"{o['seed']}-{epoch}-{doc_idx}")
+        yield from create_instances_from_document(
+            store, doc_idx, o["max_seq_len"], o["short_seq_prob"], o["masked_lm_prob"],
+            o["max_predictions_per_seq"], o["do_whole_word_mask"], vocab, rng, bi_text=not o["one_seq"],
+        )
+
+
+def _generate_chunk(task: tuple[int, int, int, str]) -> tuple[int, object, int]:
+    """Write the instances of documents [start, end) for `epoch`: a JSON part file (json format; returns its path)
+    or one binary shard in epoch_N/ (shards format; returns its manifest entry). Returns (epoch, part, count)."""
+    epoch, start, end, out_dir = task
+    vocab, o = _WORKER["vocab"], _WORKER["options"]
     count = 0
+    if o["output_format"] == "shards":
+        ragged, scalars = epoch_shard_fields(len(vocab.id_to_token))
+        writer = ShardWriter(os.path.join(out_dir, f"epoch_{epoch}", f"shard_{start:09d}"), ragged, scalars)
+        to_id = vocab.token_to_id
+        for inst in _instances(range(start, end), epoch):
+            writer.add(input_ids=[to_id[t] for t in inst["tokens"]],
+                       masked_lm_positions=inst["masked_lm_positions"],
+                       masked_lm_labels=[to_id[t] for t in inst["masked_lm_labels"]],
+                       segment_b_start=inst["segment_ids"].index(1), is_random_next=inst["is_random_next"])
+            count += 1
+        return epoch, writer.close(), count
+    fd, part_path = tempfile.mkstemp(prefix=f".epoch_{epoch}.part-{start:09d}-", dir=out_dir)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        for doc_idx in range(start, end):
-            rng = random.Random(f"{o['seed']}-{epoch}-{doc_idx}")
-            for inst in create_instances_from_document(
-                store, doc_idx, o["max_seq_len"], o["short_seq_prob"], o["masked_lm_prob"],
-                o["max_predictions_per_seq"], o["do_whole_word_mask"], vocab, rng, bi_text=not o["one_seq"],
-            ):
-                out.write(json.dumps(inst, ensure_ascii=False) + "\n")
-                count += 1
+        for inst in _instances(range(start, end), epoch):
+            out.write(json.dumps(inst, ensure_ascii=False) + "\n")
+            count += 1
     return epoch, part_path, count
 
 
 def write_epochs(store: DocumentStore, vocab: Vocab, output_dir: str, epochs: int, options: dict,
                  num_workers: int = 1, chunk_docs: int | None = None) -> list[int]:
-    """Write epoch_N.json / epoch_N_metrics.json for N in [0, epochs); returns the instance counts."""
-    n_docs = len(store)
-    if chunk_docs is None:
-        chunk_docs = max(1, min(2000, -(-n_docs // max(1, num_workers * 4))))
-    tasks = [(e, s, min(n_docs, s + chunk_docs), output_dir) for e in range(epochs) for s in range(0, n_docs, chunk_docs)]
+    """Write epoch N in [0, epochs) and its epoch_N_metrics.json; returns the instance counts.
+
+    options["output_format"] "shards" (default): binary shards in epoch_N/, one per chunk of documents, written by
+    the workers themselves, listed in epoch_N_metrics.json (saved last: a folder without it is incomplete).
+    "json": epoch_N.json, TinyBERT's original format (parts concatenated in document order).
+    """
+    options = {"output_format": "json", **options}
+    if options["output_format"] == "shards":
+        return _write_shard_epochs(store, vocab, output_dir, epochs, options, num_workers, chunk_docs)
+    tasks = _chunk_tasks(len(store), epochs, output_dir, num_workers, chunk_docs)
     finals, handles, counts = {}, {}, [0] * epochs
     for e in range(epochs):
         fd, tmp = tempfile.mkstemp(prefix=f".epoch_{e}.json.tmp-", dir=output_dir)
         finals[e] = tmp
         handles[e] = os.fdopen(fd, "wb")
     try:
-        if num_workers > 1:
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the parent is done tokenizing
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ctx.Pool(num_workers, initializer=_init_pool_worker, initargs=(store, vocab, options))
-            results: Iterable = pool.imap(_generate_chunk, tasks)  # ordered: parts concatenate in document order
-        else:
-            pool = None
-            _init_worker(store, vocab, options)
-            results = map(_generate_chunk, tasks)
-        try:
-            for epoch, part, count in tqdm(results, total=len(tasks), desc="Writing epochs", unit=" chunks"):
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, handles[epoch])
-                os.remove(part)
-                counts[epoch] += count
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+        for epoch, part, count in _run_tasks(tasks, store, vocab, options, num_workers, "Writing epochs"):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, handles[epoch])
+            os.remove(part)
+            counts[epoch] += count
         umask = os.umask(0)
         os.umask(umask)
         for e in range(epochs):
             handles[e].close()
             os.chmod(finals[e], 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
             os.replace(finals[e], os.path.join(output_dir, f"epoch_{e}.json"))
+            shutil.rmtree(os.path.join(output_dir, f"epoch_{e}"), ignore_errors=True)  # a previous run's shards
             atomic_write_json({"num_training_examples": counts[e], "max_seq_len": options["max_seq_len"]},
                               os.path.join(output_dir, f"epoch_{e}_metrics.json"))
     finally:
@@ -480,20 +521,75 @@ def write_epochs(store: DocumentStore, vocab: Vocab, output_dir: str, epochs: in
 
 
 _OWN_FILE = re.compile(r"epoch_(\d+)(?:_metrics)?\.json")
+_OWN_SHARD_DIR = re.compile(r"epoch_(\d+)")
 _OWN_TEMP = re.compile(r"\.(?:epoch_\d+\.(?:json\.tmp-|part-)|documents\.).*")
 
 
-def claim_output_dir(output_dir: str, epochs: int) -> None:
+def claim_output_dir(output_dir: str, epochs: int, output_format: str) -> None:
     """After a run: it owns its output folder. Temporary files of a killed run are swept, and epoch files this run
-    did not write (epoch_N.json with N >= `epochs`, left by an older, longer run) are removed, so that general
-    distillation never mixes them in. Other files are left alone."""
+    did not write (epoch_N.json / epoch_N/ shards with N >= `epochs`, left by an older, longer run; shard folders
+    beside a json run) are removed, so that general distillation never mixes them in. Other files are left alone."""
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
+        shard_dir = _OWN_SHARD_DIR.fullmatch(name)
+        if shard_dir and os.path.isdir(path):
+            if int(shard_dir.group(1)) >= epochs or output_format == "json":
+                logger.warning("removing %s (not part of this run's %d epoch(s))", path, epochs)
+                shutil.rmtree(path)
+            continue
         own = _OWN_FILE.fullmatch(name)
         if (own and int(own.group(1)) >= epochs) or _OWN_TEMP.fullmatch(name):
             logger.warning("removing %s (%s)", path, "left by an interrupted run" if name.startswith(".")
                            else f"not part of this run's {epochs} epoch(s)")
             os.remove(path)
+
+
+def _chunk_tasks(n_docs: int, epochs: int, out_dir: str, num_workers: int, chunk_docs: int | None):
+    if chunk_docs is None:
+        chunk_docs = max(1, min(2000, -(-n_docs // max(1, num_workers * 4))))
+    return [(e, s, min(n_docs, s + chunk_docs), out_dir) for e in range(epochs) for s in range(0, n_docs, chunk_docs)]
+
+
+def _run_tasks(tasks, store, vocab, options, num_workers: int, desc: str):
+    """Yield _generate_chunk(task) for every task, in order, over `num_workers` processes."""
+    if num_workers > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the parent is done tokenizing
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        pool = ctx.Pool(num_workers, initializer=_init_pool_worker, initargs=(store, vocab, options))
+        results: Iterable = pool.imap(_generate_chunk, tasks)  # ordered: shards/parts stay in document order
+    else:
+        pool = None
+        _init_worker(store, vocab, options)
+        results = map(_generate_chunk, tasks)
+    try:
+        yield from tqdm(results, total=len(tasks), desc=desc, unit=" chunks")
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _write_shard_epochs(store, vocab: Vocab, output_dir: str, epochs: int, options: dict, num_workers: int,
+                        chunk_docs: int | None) -> list[int]:
+    for e in range(epochs):  # a previous run's shards (and manifest) go first: nothing stale is ever listed
+        for stale in (os.path.join(output_dir, f"epoch_{e}_metrics.json"), os.path.join(output_dir, f"epoch_{e}.json")):
+            if os.path.exists(stale):
+                os.remove(stale)
+        shutil.rmtree(os.path.join(output_dir, f"epoch_{e}"), ignore_errors=True)
+        os.makedirs(os.path.join(output_dir, f"epoch_{e}"))
+    tasks = _chunk_tasks(len(store), epochs, output_dir, num_workers, chunk_docs)
+    shards: list[list[dict]] = [[] for _ in range(epochs)]
+    counts = [0] * epochs
+    for epoch, shard, count in _run_tasks(tasks, store, vocab, options, num_workers, "Writing shards"):
+        shards[epoch].append({"prefix": f"epoch_{epoch}/{shard['prefix']}", "rows": shard["rows"]})
+        counts[epoch] += count
+    ragged, scalars = epoch_shard_fields(len(vocab.id_to_token))
+    for e in range(epochs):
+        atomic_write_json({"num_training_examples": counts[e], "max_seq_len": options["max_seq_len"],
+                           "format": "shards", "vocab_size": len(vocab.id_to_token), "vocab_sha1": vocab.sha1,
+                           "fields": {k: str(np.dtype(v)) for k, v in {**ragged, **scalars}.items()},
+                           "shards": shards[e]}, os.path.join(output_dir, f"epoch_{e}_metrics.json"))
+    return counts
 
 
 def pregenerate(args, tokenizer) -> list[int]:
@@ -506,11 +602,10 @@ def pregenerate(args, tokenizer) -> list[int]:
         raise UserError(f"--num_workers must be at least 1, got {args.num_workers}")
     if args.epochs_to_generate < 1:
         raise UserError(f"--epochs_to_generate must be at least 1, got {args.epochs_to_generate}")
-    corpus_format = args.corpus_format
-    if corpus_format == "auto":
-        corpus_format = detect_corpus_format(args.train_corpus)
-        logger.info("corpus %s looks like %s", args.train_corpus,
-                    "one sentence per line" if corpus_format == "sentences" else "raw text: splitting sentences")
+    output_format = getattr(args, "output_format", "shards")
+    if output_format not in ("shards", "json"):
+        raise UserError(f"--output_format must be shards or json, got {output_format!r}")
+    paths = corpus_files(args.train_corpus)
     store_file = None
     if args.reduce_memory:
         fd, store_file = tempfile.mkstemp(prefix=".documents.", suffix=".bin", dir=args.output_dir)
@@ -519,7 +614,7 @@ def pregenerate(args, tokenizer) -> list[int]:
     else:
         store = MemoryDocumentStore()
     try:
-        tokenize_corpus(args.train_corpus, tokenizer, store, corpus_format, max_documents=args.max_documents)
+        tokenize_corpus(paths, tokenizer, store, args.corpus_format, max_documents=args.max_documents)
         if len(store) == 0:
             raise UserError(f"--train_corpus {args.train_corpus}: no text found")
         if len(store) <= 1 and not args.one_seq:
@@ -531,6 +626,7 @@ def pregenerate(args, tokenizer) -> list[int]:
         logger.info("%d documents, %d sentences", len(store), int(np.sum(store.num_sentences)))
         options = {k: getattr(args, k) for k in ("seed", "max_seq_len", "short_seq_prob", "masked_lm_prob",
                                                  "max_predictions_per_seq", "do_whole_word_mask", "one_seq")}
+        options["output_format"] = output_format
         counts = write_epochs(store, Vocab(tokenizer), args.output_dir, args.epochs_to_generate, options,
                               num_workers=args.num_workers)
     finally:
@@ -538,17 +634,95 @@ def pregenerate(args, tokenizer) -> list[int]:
             store.close()
         if store_file and os.path.exists(store_file):
             os.remove(store_file)
-    claim_output_dir(args.output_dir, args.epochs_to_generate)
+    claim_output_dir(args.output_dir, args.epochs_to_generate, output_format)
     return counts
 
 
-def run(args) -> list[int]:
+# --------------------------------------------------------------------------------------------------------------
+# Packed sequences (minilm / minilmv2): running text cut into fixed blocks, no epochs
+# --------------------------------------------------------------------------------------------------------------
+class PackingStore(DocumentStore):
+    """A DocumentStore that keeps nothing: documents stream through into blocks [CLS] t_1 .. t_{T-2} [SEP] of one
+    running token sequence (documents joined by [SEP]), written to shards of `blocks_per_shard` blocks."""
+
+    def __init__(self, folder: str, max_seq_len: int, cls_id: int, sep_id: int, vocab_size: int,
+                 blocks_per_shard: int):
+        super().__init__()
+        self.folder, self.body = folder, max_seq_len - 2
+        self.cls, self.sep, self.dtype = cls_id, sep_id, token_dtype(vocab_size)
+        self.blocks_per_shard = blocks_per_shard
+        self.shards: list[dict] = []
+        self.num_blocks = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_len = 0
+        self._writer = None
+
+    def add(self, doc):
+        self._pending.extend(doc)
+        self._pending.append(np.asarray([self.sep], dtype=np.int32))
+        self._pending_len += sum(len(s) for s in doc) + 1
+        self.num_sentences.append(len(doc))
+        if self._pending_len >= self.body:
+            run = np.concatenate(self._pending)
+            cut = len(run) - len(run) % self.body
+            for start in range(0, cut, self.body):
+                self._emit(run[start:start + self.body])
+            self._pending, self._pending_len = [run[cut:]], len(run) - cut
+
+    def _emit(self, body: np.ndarray) -> None:
+        if self._writer is None:
+            prefix = os.path.join(self.folder, f"shard_{len(self.shards):06d}")
+            self._writer = ShardWriter(prefix, {"input_ids": self.dtype})
+        self._writer.add(input_ids=np.concatenate([[self.cls], body, [self.sep]]))
+        self.num_blocks += 1
+        if self._writer.rows >= self.blocks_per_shard:
+            self._close_shard()
+
+    def _close_shard(self):
+        info = self._writer.close()
+        self.shards.append({"prefix": f"{PACKED_DIR}/{info['prefix']}", "rows": info["rows"]})
+        self._writer = None
+
+    def finalize(self):
+        tail = np.concatenate(self._pending) if self._pending else np.zeros(0, dtype=np.int32)
+        if len(tail) > 1:  # the last, shorter block (more than a lone [SEP])
+            self._emit(tail)
+        self._pending, self._pending_len = [], 0
+        if self._writer is not None:
+            self._close_shard()
+
+
+def pregenerate_packed(args, tokenizer, tokens_per_shard: int = 1 << 22) -> int:
+    """Tokenise the corpus once into fixed blocks of args.max_seq_len tokens (see PackingStore); returns the
+    number of blocks. Output: packed/shard_*.npy and packed_metrics.json (saved last)."""
+    if args.max_seq_len < 3:
+        raise UserError(f"--max_seq_len {args.max_seq_len} is too small")
+    paths = corpus_files(args.train_corpus)
+    manifest = os.path.join(args.output_dir, PACKED_MANIFEST)
+    folder = os.path.join(args.output_dir, PACKED_DIR)
+    if os.path.exists(manifest):
+        os.remove(manifest)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    vocab = Vocab(tokenizer)
+    store = PackingStore(folder, args.max_seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                         len(vocab.id_to_token), blocks_per_shard=max(1, tokens_per_shard // args.max_seq_len))
+    tokenize_corpus(paths, tokenizer, store, args.corpus_format, max_documents=args.max_documents)
+    if store.num_blocks == 0:
+        raise UserError(f"--train_corpus {args.train_corpus}: no text found")
+    atomic_write_json({"format": "packed", "num_blocks": store.num_blocks, "max_seq_len": args.max_seq_len,
+                       "vocab_size": len(vocab.id_to_token), "vocab_sha1": vocab.sha1,
+                       "fields": {"input_ids": str(store.dtype)}, "shards": store.shards}, manifest)
+    return store.num_blocks
+
+
+def run(args) -> list[int] | int:
     """pregenerate_training_data.py: check the arguments and the tokenizer, then pregenerate; returns the
-    example count of each epoch."""
-    from kdcore.cli import ensure_writable_dir, require_file
+    example count of each epoch (or, with --packed_sequences, the number of blocks)."""
+    from kdcore.cli import ensure_writable_dir
     from kdcore.modeling import check_length_fits, load_tokenizer
 
-    require_file(args.train_corpus, "--train_corpus")
+    corpus_files(args.train_corpus)  # a clear error before any work
     if args.max_documents is not None and args.max_documents < 1:
         raise UserError("--max_documents must be at least 1")
     check_length_fits(args.bert_model, args.max_seq_len, "--max_seq_len", "--bert_model")
@@ -558,7 +732,12 @@ def run(args) -> list[int]:
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
     ensure_writable_dir(args.output_dir)
+    if getattr(args, "packed_sequences", False):
+        blocks = pregenerate_packed(args, tokenizer)
+        print(f"{blocks} blocks of {args.max_seq_len} tokens -> {os.path.join(args.output_dir, PACKED_DIR)}")
+        return blocks
     counts = pregenerate(args, tokenizer)
     for epoch, count in enumerate(counts):
-        print(f"epoch {epoch}: {count} examples -> {os.path.join(args.output_dir, f'epoch_{epoch}.json')}")
+        where = f"epoch_{epoch}.json" if getattr(args, "output_format", "shards") == "json" else f"epoch_{epoch}/"
+        print(f"epoch {epoch}: {count} examples -> {os.path.join(args.output_dir, where)}")
     return counts

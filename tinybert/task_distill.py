@@ -7,7 +7,9 @@ Stage 1 (intermediate layers, default): for student layer i and teacher layer g(
 with the embedding output e, layer outputs h, raw attention scores A = QK^T/sqrt(d) (padded positions
 excluded, see tinybert/losses.py) and W the trainable `fit_dense` (student width -> the teacher's width, read
 from the teacher's config). Stage 2 (`--pred_distill`): soft cross-entropy against the teacher's logits at
-temperature T; for STS-B (regression) the MSE to the teacher's score, not the gold label.
+temperature T; for STS-B (regression) the MSE to the teacher's score (`--stsb_target teacher`, default) or, as
+TinyBERT's code did, to the gold score (`--stsb_target gold`). `--loss_reduction original` reduces every term as
+TinyBERT's code did (means over all padded positions; soft cross-entropy also averaged over classes).
 
 Stage 1 is `tinybert.intermediate.TinyBertIntermediateObjective` (the general-distillation objective, reading
 the encoders of the two classifiers), stage 2 `PredictionDistillObjective`; both are `kdcore.objective.
@@ -23,30 +25,33 @@ from torch import nn
 
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.finetune import predict_batches
+from kdcore.finetune import ListDataset, predict_batches
 from kdcore.modeling import build_student, check_length_fits, load_teacher
 from kdcore.objective import DistillObjective
 from tinybert.classification import (
-    GlueDataset, evaluate_all, eval_sets, has_tokenizer, is_classifier_config, label_config, load_classifier,
+    evaluate_all, eval_sets, glue_collate, has_tokenizer, is_classifier_config, label_config, load_classifier,
     predict_test_sets, read_folder_config, write_results,
 )
-from tinybert.glue import GlueTask, get_task, label_order, load_split
+from tinybert.glue import GlueTask, encode, get_task, label_order, load_split
 from tinybert.intermediate import TinyBertIntermediateObjective
-from tinybert.losses import regression_mse, soft_cross_entropy
+from tinybert.losses import regression_mse, soft_cross_entropy, soft_cross_entropy_original
 
 logger = logging.getLogger("kd.task_distill")
 
 
 class PredictionDistillObjective(DistillObjective):
     """Stage 2: the student's logits against the teacher's (soft cross-entropy at `temperature`; MSE for
-    regression tasks)."""
+    regression tasks, to the teacher's score or, with stsb_target="gold", to the gold score)."""
 
     TERMS = ("cls_loss",)
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, task: GlueTask, temperature: float = 1.0):
+    def __init__(self, teacher: nn.Module, student: nn.Module, task: GlueTask, temperature: float = 1.0,
+                 loss_reduction: str = "real_tokens", stsb_target: str = "teacher"):
         super().__init__(teacher, student)
         self.task = task
         self.temperature = temperature
+        self.loss_reduction = loss_reduction  # "real_tokens" or TinyBERT's "original" (class-averaged soft CE)
+        self.regression_target = stsb_target  # "teacher" or "gold": what a regression student is fitted to
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
         inputs = encoder_inputs(input_ids, attention_mask, token_type_ids)
@@ -54,20 +59,23 @@ class PredictionDistillObjective(DistillObjective):
         with torch.no_grad():
             t_logits = self.teacher(**inputs).logits
         if self.task.labels is None:
-            loss = regression_mse(s_logits, t_logits)
+            target = labels if self.regression_target == "gold" else t_logits
+            loss = regression_mse(s_logits, target)
+        elif self.loss_reduction == "original":
+            loss = soft_cross_entropy_original(s_logits, t_logits, self.temperature)
         else:
             loss = soft_cross_entropy(s_logits, t_logits, self.temperature)
         return {"loss": loss, "cls_loss": loss.detach()}
 
 
-def mean_distill_losses(objective: DistillObjective, dataset: GlueDataset, batch_size: int, device) -> dict:
+def mean_distill_losses(objective: DistillObjective, items: list[dict], collate, batch_size: int, device) -> dict:
     """The stage's loss terms averaged over a (dev) set, example-weighted."""
     def step(objective, batch):
         n = len(batch["input_ids"])
         return n, {k: float(v) * n for k, v in objective(**batch).items()}
 
     totals, count = {}, 0
-    for n, sums in predict_batches(objective, dataset, dataset.collate, batch_size, device, step):
+    for n, sums in predict_batches(objective, items, collate, batch_size, device, step):
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + v
         count += n
@@ -95,6 +103,8 @@ def run_task_distill(args) -> dict:
 
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
+    if args.stsb_target == "gold" and task.labels is not None:
+        raise UserError(f"--stsb_target gold is for the regression task STS-B, not {task.name}")
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data_dir: no such folder: {args.data_dir}")
     for arg, path in (("--teacher_model", args.teacher_model), ("--student_model", args.student_model)):
@@ -136,12 +146,13 @@ def run_task_distill(args) -> dict:
         raise UserError(f"--student_model: vocabulary {student.config.vocab_size} differs from the teacher's "
                         f"{teacher.config.vocab_size}")
 
+    collate = glue_collate(tokenizer)
     sets = eval_sets(task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length, args.max_eval_examples)
     if eval_only:
         student = student.to(rt.device)
         result = {}
         if rt.is_main:
-            result = evaluate_all(student, sets, task, args.eval_batch_size, rt.device)
+            result = evaluate_all(student, sets, task, collate, args.eval_batch_size, rt.device)
             write_results(result, args.output_dir)
             if args.do_predict:
                 predict_test_sets(student, task_key, task, args.data_dir, tokenizer, labels, args.max_seq_length,
@@ -150,11 +161,12 @@ def run_task_distill(args) -> dict:
         return result
 
     examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
-    train_set = GlueDataset(examples, tokenizer, task, labels, args.max_seq_length)
+    train_set = ListDataset(encode(examples, tokenizer, task, labels, args.max_seq_length))
     if args.pred_distill:
-        objective = PredictionDistillObjective(teacher, student, task, args.temperature)
+        objective = PredictionDistillObjective(teacher, student, task, args.temperature,
+                                               loss_reduction=args.loss_reduction, stsb_target=args.stsb_target)
     else:
-        objective = TinyBertIntermediateObjective(teacher, student)
+        objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction)
     denom = max(1, args.gradient_accumulation_steps) * rt.world_size
     if args.train_batch_size % denom:
         raise UserError(f"--train_batch_size {args.train_batch_size} is not divisible by gradient accumulation steps "
@@ -162,14 +174,14 @@ def run_task_distill(args) -> dict:
     micro_batch = args.train_batch_size // denom
 
     def evaluate_fn(obj, step):
-        result = evaluate_all(obj.student, sets, task, args.eval_batch_size, rt.device)
+        result = evaluate_all(obj.student, sets, task, collate, args.eval_batch_size, rt.device)
         if not args.pred_distill:  # stage 1: the intermediate losses on dev say how far the student got
-            result.update(mean_distill_losses(obj, sets[""], args.eval_batch_size, rt.device))
+            result.update(mean_distill_losses(obj, sets[""], collate, args.eval_batch_size, rt.device))
         return result
 
     logger.info("stage %s: %d training examples, total batch %d", "2 (prediction layer)" if args.pred_distill
                 else "1 (intermediate layers)", len(train_set), args.train_batch_size)
-    result = train(rt, args, objective, train_set, train_set.collate, micro_batch, args.num_train_epochs,
+    result = train(rt, args, objective, train_set, collate, micro_batch, args.num_train_epochs,
                    lambda obj, folder: obj.save(folder, tokenizer),
                    evaluate_fn=evaluate_fn, eval_steps=args.eval_step if args.pred_distill else 0,
                    metric_for_best=task.metric if args.pred_distill else None)
