@@ -20,6 +20,8 @@ import os
 from kdcore.cli import UserError
 from kdcore.modeling import build_student, load_teacher, load_tokenizer, save_model
 from kdcore.runtime import Runtime, add_runtime_args, train
+from kdcore.sentence_embeddings import write_sentence_transformers_files
+from kdcore.student_init import add_student_init_args, apply_student_init
 
 from .intermediate import TinyBertIntermediateObjective
 from .pregenerated import PregeneratedCollator, PregeneratedTrainingData
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--continue_train", action="store_true",
                         help="Start from the weights in the --student_model folder (and its fit_dense for tinybert) "
                         "instead of a random initialisation from its config.")
+    add_student_init_args(parser)
+    parser.add_argument("--layer_map", default=None,
+                        help="TinyBERT: teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform, "
+                        "top layer kept (nearest uniform map when the depths do not divide).")
     g = parser.add_argument_group("MiniLM v1 / v2")
     g.add_argument("--teacher_layer", type=int, default=None,
                    help="Teacher layer to distil, 1-based as in the papers (e.g. 21 of 24 for BERT-large, 19 of 24 "
@@ -86,10 +92,12 @@ def build_objective(args, teacher, student):
     if method == "tinybert":
         if args.teacher_layer is not None:
             raise UserError("--teacher_layer is for --distill_method minilm/minilmv2 (TinyBERT maps all layers)")
-        objective = TinyBertIntermediateObjective(teacher, student)
+        objective = TinyBertIntermediateObjective(teacher, student, args.layer_map)
         if args.continue_train and objective.load_fit_dense(args.student_model):
             logger.info("continuing fit_dense from %s", args.student_model)
         return objective
+    if args.layer_map:
+        raise UserError("--layer_map is for --distill_method tinybert (MiniLM distils one layer: --teacher_layer)")
     from minilm.objectives import MiniLMObjective
 
     if method == "minilm":
@@ -105,6 +113,8 @@ def load_student(args, teacher, tokenizer):
     has_weights = os.path.isdir(path) and any(
         os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin"))
     if args.continue_train:
+        if args.student_init != "random":
+            raise UserError("--continue_train starts from the --student_model folder's weights; drop --student_init")
         if not has_weights:
             raise UserError(f"--continue_train: --student_model {path} is not a folder with model weights")
         return build_student(path, teacher.config, tokenizer)
@@ -113,7 +123,9 @@ def load_student(args, teacher, tokenizer):
             logger.info("--student_model %s: initialising from its config.json only (add --continue_train to start "
                         "from its weights)", path)
         path = os.path.join(path, "config.json")
-    return build_student(path, teacher.config, tokenizer)
+    student = build_student(path, teacher.config, tokenizer)
+    apply_student_init(args, student, teacher, args.teacher_model)
+    return student
 
 
 def run(args):
@@ -148,6 +160,7 @@ def run(args):
     def save_fn(model, folder):  # the student as a HF folder; TinyBERT's fit_dense beside it
         extra = {"fit_dense": model.fit_dense} if hasattr(model, "fit_dense") else None
         save_model(model.student, folder, tokenizer, extra_modules=extra)
+        write_sentence_transformers_files(args.teacher_model, folder, model.student.config.hidden_size)
 
     return train(
         rt, args, objective, dataset, collate,

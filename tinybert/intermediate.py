@@ -2,9 +2,11 @@
 
     L = L_emb + L_hidden + L_att
     L_emb    = hidden_mse(W e^S, e^T)                                         embedding outputs
-    L_hidden = sum_{i=1..M} hidden_mse(W h^S_i, h^T_{g(i)})                   g(i) = i * k, k = N_T / M
+    L_hidden = sum_{i=1..M} hidden_mse(W h^S_i, h^T_{g(i)})                   g(i) = i * k, k = N_T / M (*)
     L_att    = sum_{i=1..M} attention_score_mse(A^S_i, A^T_{g(i)})            raw scores QK^T / sqrt(d_k)
 
+(*) when the depths do not divide, g is the nearest uniform map with the top layer kept (6 -> 4: 2, 3, 5, 6), or
+an explicit `--layer_map` (`kdcore.student_init.uniform_layer_map`).
 W is `fit_dense`, one trainable nn.Linear(student hidden, teacher hidden) shared by all layers (as in TinyBERT),
 sized from the two configs. Sums over layers as in the original. The formulas of each term are in
 `tinybert.losses`. Attention scores are rebuilt from the query/key projections captured by forward hooks, so both
@@ -12,6 +14,7 @@ models keep their SDPA attention.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -20,20 +23,22 @@ from torch import nn
 from kdcore.cli import UserError
 from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers, freeze
 
-from .losses import attention_score_mse, hidden_mse, layer_mapping
+from kdcore.student_init import parse_layer_list
 
+from .losses import attention_score_mse, hidden_mse
+
+logger = logging.getLogger("kd")
 TERMS = ("embedding", "hidden", "attention")
 
 
 class TinyBertIntermediateObjective(nn.Module):
-    def __init__(self, teacher: nn.Module, student: nn.Module):
+    def __init__(self, teacher: nn.Module, student: nn.Module, layer_map: str | None = None):
         super().__init__()
         self.teacher = freeze(teacher)  # eval mode, no gradients, never in the optimizer
         self.student = student
-        self.teacher_layers = check_layer_compatibility(teacher, student)  # student layer i <- teacher_layers[i]
-        self.fit_dense = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
-        self.fit_dense.weight.data.normal_(mean=0.0, std=getattr(student.config, "initializer_range", 0.02))
-        self.fit_dense.bias.data.zero_()
+        # student layer i <- teacher_layers[i] (0-based)
+        self.teacher_layers = check_layer_compatibility(teacher, student, layer_map)
+        self.fit_dense = new_fit_dense(student.config, teacher.config)
         if getattr(student, "pooler", None) is not None:
             freeze(student.pooler)  # no loss term reaches it: keep it out of the optimizer and of DDP's gradient sync
 
@@ -44,38 +49,51 @@ class TinyBertIntermediateObjective(nn.Module):
 
     def load_fit_dense(self, folder: str) -> bool:
         """Load `fit_dense.safetensors` saved beside a student (for --continue_train); False if there is none."""
-        path = os.path.join(folder, "fit_dense.safetensors")
-        if not os.path.isfile(path):
-            return False
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-        try:
-            self.fit_dense.load_state_dict(state)
-        except RuntimeError as err:
-            raise UserError(f"{path}: does not fit this teacher/student pair ({err})")
-        return True
+        return load_fit_dense(self.fit_dense, folder)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         return intermediate_layer_losses(self.teacher, self.student, self.fit_dense, self.teacher_layers,
                                          input_ids, attention_mask, token_type_ids)
 
 
-def check_layer_compatibility(teacher: nn.Module, student: nn.Module) -> list[int]:
-    """TinyBERT's preconditions; returns the teacher layer (0-based) that each student layer learns from."""
+def new_fit_dense(student_config, teacher_config) -> nn.Linear:
+    """TinyBERT's `fit_dense` W (student width -> teacher width), initialised as BERT initialises its linears."""
+    fit_dense = nn.Linear(student_config.hidden_size, teacher_config.hidden_size)
+    fit_dense.weight.data.normal_(mean=0.0, std=getattr(student_config, "initializer_range", 0.02))
+    fit_dense.bias.data.zero_()
+    return fit_dense
+
+
+def load_fit_dense(fit_dense: nn.Linear, folder: str) -> bool:
+    """Load `fit_dense.safetensors` saved beside a student folder into `fit_dense`; False if there is none."""
+    path = os.path.join(folder, "fit_dense.safetensors") if folder and os.path.isdir(folder) else None
+    if path is None or not os.path.isfile(path):
+        return False
+    from safetensors.torch import load_file
+
+    try:
+        fit_dense.load_state_dict(load_file(path))
+    except RuntimeError as err:
+        raise UserError(f"{path}: does not fit this teacher/student pair ({err})")
+    return True
+
+
+def check_layer_compatibility(teacher: nn.Module, student: nn.Module, layer_map: str | None = None) -> list[int]:
+    """TinyBERT's preconditions; returns the teacher layer (0-based) that each student layer learns from.
+
+    `layer_map` is "2,4,6"-style (1-based teacher layers, one per student layer); None: `layer_mapping`.
+    """
     n_t, n_s = len(encoder_layers(teacher)), len(encoder_layers(student))
-    if n_t % n_s != 0:
-        raise UserError(
-            f"--student_model: TinyBERT maps student layers uniformly onto teacher layers, so the teacher's "
-            f"depth {n_t} must be a multiple of the student's {n_s}"
-        )
     t_heads, s_heads = teacher.config.num_attention_heads, student.config.num_attention_heads
     if t_heads != s_heads:
         raise UserError(
             f"--student_model: TinyBERT's attention loss needs equal head counts (teacher {t_heads}, student "
             f"{s_heads}); change num_attention_heads or use --distill_method minilmv2"
         )
-    return layer_mapping(n_s, n_t)
+    layers = parse_layer_list(layer_map, n_s, n_t, "--layer_map")
+    logger.info("TinyBERT layer map (1-based): %s", ", ".join(f"student {i + 1} <- teacher {t}"
+                                                             for i, t in enumerate(layers)))
+    return [t - 1 for t in layers]
 
 
 def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input_ids, attention_mask,
@@ -93,10 +111,11 @@ def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input
         t_hidden = teacher(**inputs).hidden_states
     with SelfAttentionCapture(student, student_layers, parts) as s_cap:
         s_hidden = student(**inputs).hidden_states
-    k = len(t_hidden[1:]) // len(s_hidden[1:])
     embedding = hidden_mse(fit_dense(s_hidden[0]), t_hidden[0], attention_mask)
+    # hidden_states[0] is the embedding output, so layer l's output is hidden_states[l + 1]
     hidden = sum(
-        hidden_mse(fit_dense(s_hidden[j]), t_hidden[j * k], attention_mask) for j in range(1, len(s_hidden))
+        hidden_mse(fit_dense(s_hidden[s + 1]), t_hidden[t + 1], attention_mask)
+        for s, t in zip(student_layers, teacher_layers)
     )
     attention = sum(
         attention_score_mse(

@@ -22,30 +22,41 @@ from torch import nn
 
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.modeling import build_student, load_teacher, save_model
+from kdcore.student_init import apply_student_init
 from tinybert.classification import (
     GlueDataset, evaluate_all, eval_sets, has_tokenizer, is_classifier_config, label_config, load_classifier,
-    model_inputs, predict_test_sets, read_folder_config, write_results,
+    model_inputs, predict_logits, predict_test_sets, read_folder_config, write_results,
 )
 from tinybert.glue import GlueTask, get_task, label_order, load_split
-from tinybert.intermediate import check_layer_compatibility, intermediate_layer_losses
+from tinybert.intermediate import check_layer_compatibility, intermediate_layer_losses, load_fit_dense, new_fit_dense
 from tinybert.losses import regression_mse, soft_cross_entropy
 
 logger = logging.getLogger("kd.task_distill")
 
 
 class TaskDistillObjective(nn.Module):
-    """forward(**batch) -> {"loss", per-term losses}; `pred_distill` picks the stage."""
+    """forward(**batch) -> {"loss", per-term losses}; `pred_distill` picks the stage.
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, task: GlueTask, pred_distill: bool, temperature: float = 1.0):
+    Stage 1 starts `fit_dense` from `fit_dense_from` (the general-distillation student folder) when it holds a
+    `fit_dense.safetensors`, as the original TinyBERT does. Stage 2 reads the teacher's logits from
+    `teacher_logits` (N, C), indexed by each batch's `example_index`, when given (see kdcore/logit_cache.py).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, task: GlueTask, pred_distill: bool, temperature: float = 1.0,
+                 layer_map: str | None = None, fit_dense_from: str | None = None,
+                 teacher_logits: torch.Tensor | None = None):
         super().__init__()
         self.student = student
         self.teacher = teacher  # frozen; excluded from checkpoints and from DDP by the runtime
         self.task = task
         self.pred_distill = pred_distill
         self.temperature = temperature
+        self.teacher_logits = teacher_logits
         if not pred_distill:
-            self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model)
-            self.fit_dense = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
+            self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model, layer_map)
+            self.fit_dense = new_fit_dense(student.config, teacher.config)
+            if load_fit_dense(self.fit_dense, fit_dense_from):
+                logger.info("fit_dense loaded from %s (general distillation's projection)", fit_dense_from)
             # The pooler and the classifier get no gradient from these losses: freeze them (as unused parameters
             # they would also stall DDP's gradient reduction).
             for name, p in student.named_parameters():
@@ -58,22 +69,57 @@ class TaskDistillObjective(nn.Module):
                                            self.teacher_layers, **inputs)
         return {k: v if k == "loss" else v.detach() for k, v in losses.items()}
 
-    def prediction_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+    def prediction_loss(self, batch: dict, example_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         inputs = model_inputs(batch)
         s_logits = self.student(**inputs).logits
-        with torch.no_grad():
-            t_logits = self.teacher(**inputs).logits
+        if self.teacher_logits is not None and example_index is not None:
+            t_logits = self.teacher_logits[example_index.cpu()].to(s_logits.device)
+        else:
+            with torch.no_grad():
+                t_logits = self.teacher(**inputs).logits
         if self.task.labels is None:
             loss = regression_mse(s_logits, t_logits)
         else:
             loss = soft_cross_entropy(s_logits, t_logits, self.temperature)
         return {"loss": loss, "cls_loss": loss.detach()}
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None, example_index=None):
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
-        return self.prediction_loss(batch) if self.pred_distill else self.intermediate_losses(batch)
+        return self.prediction_loss(batch, example_index) if self.pred_distill else self.intermediate_losses(batch)
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """A GlueDataset whose batches also carry `example_index` (the examples' positions), for cached teacher logits."""
+
+    def __init__(self, dataset: GlueDataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, idx):
+        return idx, self.dataset[idx]
+
+    def collate(self, items) -> dict[str, torch.Tensor]:
+        batch = self.dataset.collate([item for _, item in items])
+        batch["example_index"] = torch.tensor([i for i, _ in items], dtype=torch.long)
+        return batch
+
+
+def teacher_logits_for(teacher: nn.Module, teacher_path: str, dataset: GlueDataset, max_seq_length: int, task_name: str,
+                       cache_dir: str, batch_size: int, device) -> torch.Tensor:
+    """The fine-tuned teacher's logits for every training example, computed once (cached; kdcore/logit_cache.py)."""
+    from kdcore.logit_cache import cached_teacher_logits, features_fingerprint, teacher_fingerprint
+
+    key = {"data": features_fingerprint(dataset.features), "teacher": teacher_fingerprint(teacher_path, teacher.config),
+           "max_seq_length": max_seq_length, "task": task_name.lower()}
+
+    def compute():
+        return torch.from_numpy(predict_logits(teacher, dataset, batch_size, device))
+
+    return cached_teacher_logits(cache_dir, key, len(dataset), compute)
 
 
 @torch.no_grad()
@@ -136,15 +182,21 @@ def run_task_distill(args) -> dict:
         for k, v in label_config(task, labels).items():
             setattr(teacher.config, k, v)
 
-    if student_is_folder:
+    from_teacher = getattr(args, "student_init", "random") == "teacher_layers"
+    if from_teacher and eval_only:
+        raise UserError("--student_init teacher_layers needs a teacher (not --do_eval)")
+    if student_is_folder and not from_teacher:
         student = load_classifier(args.student_model, task, labels, "--student_model", tokenizer=tokenizer)
     else:  # a student config JSON (e.g. configs/tinybert_4L_312D.json); the rest follows the teacher
         if teacher is None:
             raise UserError(f"--student_model {args.student_model}: --do_eval needs a trained model folder")
-        student = build_student(args.student_model, teacher.config, tokenizer,
+        student = build_student(os.path.join(args.student_model, "config.json") if student_is_folder
+                                else args.student_model, teacher.config, tokenizer,
                                 model_class=AutoModelForSequenceClassification)
         for k, v in label_config(task, labels).items():
             setattr(student.config, k, v)
+        # the fine-tuned teacher's embeddings, chosen layers and classifier (--student_init teacher_layers)
+        apply_student_init(args, student, teacher, args.teacher_model)
     if teacher is not None and student.config.vocab_size != teacher.config.vocab_size:
         raise UserError(f"--student_model: vocabulary {student.config.vocab_size} differs from the teacher's "
                         f"{teacher.config.vocab_size}")
@@ -164,7 +216,15 @@ def run_task_distill(args) -> dict:
 
     examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
     train_set = GlueDataset(examples, tokenizer, task, labels, args.max_seq_length)
-    objective = TaskDistillObjective(student, teacher, task, args.pred_distill, args.temperature)
+    teacher_logits = None
+    if args.pred_distill:  # the frozen eval-mode teacher's logits are the same every epoch: compute them once
+        teacher_logits = teacher_logits_for(teacher.to(rt.device), args.teacher_model, train_set, args.max_seq_length,
+                                            args.task_name, args.cache_dir or args.output_dir, args.eval_batch_size,
+                                            rt.device)
+        train_set = IndexedDataset(train_set)
+    objective = TaskDistillObjective(student, teacher, task, args.pred_distill, args.temperature, args.layer_map,
+                                     fit_dense_from=args.student_model if student_is_folder else None,
+                                     teacher_logits=teacher_logits)
     denom = max(1, args.gradient_accumulation_steps) * rt.world_size
     if args.train_batch_size % denom:
         raise UserError(f"--train_batch_size {args.train_batch_size} is not divisible by gradient accumulation steps "
