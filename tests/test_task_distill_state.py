@@ -1,0 +1,124 @@
+"""Task distillation keeps general distillation's state (fit_dense), starts from the teacher's layers on request,
+and caches the teacher's logits (equal to fresh ones; keyed by data, teacher and max length)."""
+import json
+import os
+
+import pytest
+import torch
+from conftest import REPO, make_tiny_model_dir
+
+import run_glue
+import task_distill
+from kdcore.cli import UserError
+from kdcore.logit_cache import cached_teacher_logits
+from tinybert.classification import GlueDataset, model_inputs
+from tinybert.glue import get_task, load_split
+from tinybert.task_distill import IndexedDataset, TaskDistillObjective, teacher_logits_for
+
+TINY_STUDENT = os.path.join(REPO, "configs", "tiny_student_2L_64D.json")  # 2 layers, 64 wide, 4 heads
+
+
+def _pair(num_labels=2):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=120, num_attention_heads=4, max_position_embeddings=64, num_labels=num_labels)
+    teacher = BertForSequenceClassification(BertConfig(hidden_size=48, num_hidden_layers=4, intermediate_size=96, **kw))
+    student = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64, **kw))
+    return teacher.eval(), student
+
+
+def test_stage1_loads_fit_dense_saved_beside_the_student(tmp_path):
+    from safetensors.torch import save_file
+
+    teacher, student = _pair()
+    saved = {"weight": torch.randn(48, 32), "bias": torch.randn(48)}
+    save_file(saved, str(tmp_path / "fit_dense.safetensors"))
+    objective = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False, fit_dense_from=str(tmp_path))
+    assert torch.equal(objective.fit_dense.weight, saved["weight"]) and torch.equal(objective.fit_dense.bias, saved["bias"])
+    # without a saved one: the same initialisation as general distillation (normal(0, initializer_range), zero bias)
+    torch.manual_seed(3)
+    fresh = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False, fit_dense_from=None).fit_dense
+    assert torch.count_nonzero(fresh.bias) == 0 and fresh.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    save_file({"weight": torch.randn(8, 32), "bias": torch.randn(8)}, str(tmp_path / "fit_dense.safetensors"))
+    with pytest.raises(UserError, match="fit_dense.safetensors: does not fit this teacher/student pair"):
+        TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False, fit_dense_from=str(tmp_path))
+
+
+def _sst2(shared_data, tokenizer, n=40, max_len=32):
+    task = get_task("SST-2")
+    examples = load_split(os.path.join(shared_data, "glue", "SST-2"), task, "train", max_examples=n)
+    return GlueDataset(examples, tokenizer, task, ["0", "1"], max_len)
+
+
+def test_cached_logits_equal_fresh_ones_and_are_keyed(tmp_path, shared_data, bert_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = make_tiny_model_dir(tmp_path / "t", num_layers=2, hidden=32, tokenizer=bert_tokenizer)
+    teacher = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2).eval()
+    teacher.save_pretrained(folder)
+    data = _sst2(shared_data, bert_tokenizer)
+    cache = tmp_path / "cache"
+    logits = teacher_logits_for(teacher, folder, data, 32, "SST-2", str(cache), 7, "cpu")
+    with torch.no_grad():  # fresh: one example at a time, no padding at all
+        fresh = torch.cat([teacher(**model_inputs(data.collate([data[i]]))).logits for i in range(len(data))])
+    assert torch.allclose(logits, fresh, atol=1e-5)
+    files = os.listdir(cache)
+    assert len(files) == 1 and files[0].endswith(".safetensors")
+
+    def boom():
+        raise AssertionError("the teacher must not run again")
+
+    key = {"data": "d", "teacher": "t", "max_seq_length": 3}
+    again = teacher_logits_for(teacher, folder, data, 32, "SST-2", str(cache), 7, "cpu")  # read back
+    assert torch.equal(again, logits) and len(os.listdir(cache)) == 1
+    # another max length (other inputs) or another teacher -> another file, never the old one
+    teacher_logits_for(teacher, folder, _sst2(shared_data, bert_tokenizer, max_len=8), 8, "SST-2", str(cache), 7, "cpu")
+    assert len(os.listdir(cache)) == 2
+    cached_teacher_logits(str(tmp_path / "c2"), key, 3, lambda: torch.zeros(3, 2))
+    assert torch.equal(cached_teacher_logits(str(tmp_path / "c2"), key, 3, boom), torch.zeros(3, 2))
+    with pytest.raises(UserError, match="does not match its key"):
+        cached_teacher_logits(str(tmp_path / "c2"), key, 4, boom)
+
+
+def test_stage2_loss_with_cached_logits_equals_the_teacher_forward(shared_data, bert_tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=len(bert_tokenizer), num_attention_heads=4, num_labels=2, max_position_embeddings=64)
+    teacher = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64, **kw)).eval()
+    student = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, intermediate_size=64, **kw)).eval()
+    data = IndexedDataset(_sst2(shared_data, bert_tokenizer, n=12))
+    with torch.no_grad():
+        cached = torch.cat([teacher(**model_inputs(data.dataset.collate([data.dataset[i]]))).logits for i in range(12)])
+    batch = data.collate([data[i] for i in (5, 2, 9)])
+    live = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=True)
+    fast = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=True, teacher_logits=cached)
+    with torch.no_grad():
+        assert fast(**batch)["loss"].item() == pytest.approx(live(**batch)["loss"].item(), abs=1e-5)
+        assert torch.equal(batch["example_index"], torch.tensor([5, 2, 9]))
+
+
+def test_task_distill_from_the_fine_tuned_teachers_layers(tmp_path, shared_data, bert_tokenizer):
+    """--student_init teacher_layers in task_distill.py: the student starts as the fine-tuned teacher's layers and
+    classifier (learning rate 0 keeps them), and the run records it in config.json."""
+    from safetensors.torch import load_file
+
+    base = make_tiny_model_dir(tmp_path / "base", num_layers=4, hidden=64, heads=4, tokenizer=bert_tokenizer)
+    data = os.path.join(shared_data, "glue", "SST-2")
+    common = ["--task_name", "SST-2", "--data_dir", data, "--max_seq_length", "32", "--max_train_examples", "32",
+              "--max_eval_examples", "32", "--logging_steps", "1"]
+    ft = str(tmp_path / "ft")
+    run_glue.main(["--model_name_or_path", base, "--do_train", "--do_eval", "--output_dir", ft, "--num_train_epochs",
+                   "1", "--per_gpu_train_batch_size", "16", *common])
+    out = tmp_path / "kd"
+    task_distill.main(["--pred_distill", "--teacher_model", ft, "--student_model", TINY_STUDENT,
+        "--student_init", "teacher_layers", "--init_layers", "2,4",
+        "--output_dir", str(out), "--learning_rate", "0", "--train_batch_size", "16", "--num_train_epochs", "1",
+        "--eval_step", "1000", *common])
+    t, s = load_file(os.path.join(ft, "model.safetensors")), load_file(out / "model.safetensors")
+    assert torch.equal(s["classifier.weight"], t["classifier.weight"])
+    key = "bert.encoder.layer.{}.output.dense.weight"
+    assert torch.equal(s[key.format(0)], t[key.format(1)]) and torch.equal(s[key.format(1)], t[key.format(3)])
+    assert json.load(open(out / "config.json"))["student_init"]["layers"] == [2, 4]
+    assert any(n.startswith("teacher_logits-") for n in os.listdir(out))  # cached beside the output by default
