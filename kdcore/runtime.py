@@ -88,7 +88,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, defaults: dict | None = No
     add("--resume_from_checkpoint", dest="resume_from_checkpoint", default="auto",
         help="'auto' (default): resume from the newest checkpoint in --output_dir if there is one; "
         "a checkpoint folder; or 'none'.")
-    add("--logging_steps", dest="logging_steps", type=int, default=50)
+    add("--logging_steps", dest="logging_steps", type=int, default=50,
+        help="every N optimizer steps, append the loss terms to OUTPUT_DIR/train_log.jsonl and to TensorBoard "
+             "(OUTPUT_DIR/runs; tensorboard is installed by the setup command)")
     add("--fp16", dest="fp16", action="store_true",
         help="float16 autocast + dynamic loss scaling (CUDA only; on CPU the run stops with an error, use --bf16).")
     add("--fp16_opt_level", dest="fp16_opt_level", default="O1", choices=["O0", "O1", "O2", "O3"],
@@ -405,7 +407,7 @@ class JsonlLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(os.path.join(output_dir, "runs"))
-            except Exception:  # tensorboard not installed
+            except ImportError:  # tensorboard is declared in requirements.txt; a bare install may still lack it
                 self.tb = None
 
     def log(self, record: dict, truncate_after_step: int | None = None) -> None:
