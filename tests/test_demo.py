@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -46,3 +47,17 @@ def test_demo_smoke_runs_every_stage(tmp_path, shared_data):
     start = load_file(out / "student_teacher_layers" / "model.safetensors")
     assert trained.keys() == start.keys()
     assert any(not torch.equal(trained[k], start[k]) for k in trained)
+
+
+def test_rows_report_mean_and_spread_over_seeds():
+    from kdcore.demo import mean_spread, results_markdown
+
+    stat = mean_spread([0.80, 0.84, 0.82])
+    assert stat["mean"] == pytest.approx(0.82) and stat["std"] == pytest.approx(0.02)  # sample std
+    assert (stat["min"], stat["max"], stat["n"]) == (0.80, 0.84, 3)
+    assert mean_spread([0.5])["std"] == 0.0
+    rows = [{"model": "m", "parameters": 1e6, "sentences_per_s": 10.0, "speedup": 1.0, "sst2_dev_accuracy": stat}]
+    meta = {"finished": "now", "device": "cpu", "scale": "default", "wall_seconds": 60, "seeds": [42, 43, 44],
+            "teacher_name": "t"}
+    md = results_markdown(rows, meta)
+    assert "| 82.00 ± 2.00 (80.00-84.00) | - |" in md and "seeds 42, 43, 44" in md
