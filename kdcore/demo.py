@@ -310,9 +310,13 @@ def run_demo(args) -> dict:
         r = _read_json(os.path.join(folder, "eval_results.json"))
         return r.get("acc", r.get("accuracy"))
 
-    def emb_sts(folder):
-        return _read_json(os.path.join(folder, "eval_results.json"))["sts_spearman"] if scale.sts_max_examples is None \
-            else sts_spearman(folder, sts_file, scale.sts_max_examples)
+    def emb_sts(folder):  # the same evaluation as the teacher's and the teacher-layer start's, cached per folder
+        weights = os.stat(os.path.join(folder, "model.safetensors"))  # a retrained folder is a new key
+        key = f"{os.path.relpath(folder, out)}:{weights.st_mtime_ns}:{weights.st_size}:{scale.sts_max_examples}"
+        if key not in sts:
+            sts[key] = sts_spearman(folder, sts_file, scale.sts_max_examples)
+            atomic_write_json(sts, sts_cache)
+        return sts[key]
 
     first = per_seed[0]
     rows = [
