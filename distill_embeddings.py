@@ -17,11 +17,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kdcore.cli import parse_args, run_main  # noqa: E402
-from minilm.embedding import build_parser, run_embedding_distill  # noqa: E402
+from minilm import embedding  # noqa: E402
+
+
+def build_parser():
+    return embedding.build_parser()
 
 
 def main(argv=None):
-    return run_embedding_distill(parse_args(build_parser(), argv))
+    return embedding.run_embedding_distill(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -7,41 +7,31 @@ sentences' embeddings and the gold score; nothing is trained on STS.
 Pooling and normalisation come from the folder's sentence-transformers modules (mean pooling for a plain HF folder).
 """
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from kdcore.cli import UserError, parse_args, run_main  # noqa: E402
+from kdcore.cli import parse_args, run_main  # noqa: E402
+from kdcore.sentence_embeddings import evaluate_sts_folder  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_STS = os.path.join(os.environ.get("KD_SHARED_DATA", os.path.join(HERE, "..", "shared", "data")),
                            "glue", "STS-B", "dev.tsv")
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", required=True, help="a HF encoder folder (sentence-transformers folder or not)")
     p.add_argument("--sts_file", default=DEFAULT_STS, help="GLUE STS-B layout (header, sentence1, sentence2, score)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--max_examples", type=int, default=None)
     p.add_argument("--output_file", default=None, help="also write the result here as JSON")
-    args = parse_args(p, argv)
-    from kdcore.modeling import load_model, load_tokenizer, atomic_write_json
-    from kdcore.sentence_embeddings import read_pooling, sts_zero_shot_spearman
+    return p
 
-    if not os.path.isdir(args.model_dir):
-        raise UserError(f"--model_dir: no such folder: {args.model_dir}")
-    mode, normalize = read_pooling(args.model_dir)
-    model = load_model(args.model_dir, argname="--model_dir").eval()
-    tokenizer = load_tokenizer(args.model_dir, "--model_dir")
-    result = sts_zero_shot_spearman(model, tokenizer, args.sts_file, mode, normalize, args.batch_size, args.max_examples)
-    result.update({"pooling": mode, "normalize": normalize, "sts_file": args.sts_file})
-    print(json.dumps(result))
-    if args.output_file:
-        atomic_write_json(result, args.output_file)
-    return result
+
+def main(argv=None):
+    return evaluate_sts_folder(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -226,3 +226,20 @@ def sts_zero_shot_spearman(model: nn.Module, tokenizer, sts_file: str, mode: str
     eb = encode(model, tokenizer, b, mode, normalize, batch_size)
     cos = (ea * eb).sum(-1) / (np.linalg.norm(ea, axis=-1) * np.linalg.norm(eb, axis=-1)).clip(1e-12)
     return {"spearman": 100.0 * spearman(cos, gold), "pairs": len(gold)}
+
+
+def evaluate_sts_folder(args) -> dict:
+    """eval_sts.py: the zero-shot STS Spearman of the model folder `args.model_dir`, printed (and written) as JSON."""
+    from .modeling import atomic_write_json, load_model, load_tokenizer
+
+    if not os.path.isdir(args.model_dir):
+        raise UserError(f"--model_dir: no such folder: {args.model_dir}")
+    mode, normalize = read_pooling(args.model_dir)
+    model = load_model(args.model_dir, argname="--model_dir").eval()
+    tokenizer = load_tokenizer(args.model_dir, "--model_dir")
+    result = sts_zero_shot_spearman(model, tokenizer, args.sts_file, mode, normalize, args.batch_size, args.max_examples)
+    result.update({"pooling": mode, "normalize": normalize, "sts_file": args.sts_file})
+    print(json.dumps(result))
+    if args.output_file:
+        atomic_write_json(result, args.output_file)
+    return result
