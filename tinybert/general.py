@@ -113,7 +113,7 @@ def load_student(args, teacher, tokenizer):
     has_weights = os.path.isdir(path) and any(
         os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin"))
     if args.continue_train:
-        if args.student_init != "random":
+        if getattr(args, "student_init", "random") != "random":
             raise UserError("--continue_train starts from the --student_model folder's weights; drop --student_init")
         if not has_weights:
             raise UserError(f"--continue_train: --student_model {path} is not a folder with model weights")
