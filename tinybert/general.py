@@ -124,7 +124,7 @@ def load_student(args, teacher, tokenizer):
                         "from its weights)", path)
         path = os.path.join(path, "config.json")
     student = build_student(path, teacher.config, tokenizer)
-    apply_student_init(args, student, teacher, args.teacher_model)
+    apply_student_init(args, student, teacher, getattr(args, "teacher_model", None))
     return student
 
 
