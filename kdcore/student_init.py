@@ -4,8 +4,8 @@
   Spread uniformly with the top layer kept; for depths that divide it is TinyBERT's map i * k. One function serves
   both TinyBERT's layer-to-layer losses and the choice of the teacher layers a student is initialised from.
 * `parse_layer_list` – "2,4,6" (1-based, as users count layers) -> [2, 4, 6], with one-line errors.
-* `init_from_teacher_layers(student, teacher, layers)` – copy the teacher's embeddings, the chosen layers and the
-  pooler into the student (a "student initialised from the teacher", as DistilBERT does), and record where the
+* `init_from_teacher_layers(student, teacher, layers)` – copy the teacher's embeddings, the chosen layers and what
+  else the encoder holds outside its blocks (pooler / final norm) into the student (a "student initialised from the teacher", as DistilBERT does), and record where the
   weights came from in `student.config.student_init`, so the saved config.json says so.
 
 Why: copying half of a fine-tuned-ready teacher's layers is a far better start for a small student than random
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .cli import UserError
+from .modeling import encoder_layers
 
 logger = logging.getLogger("kd")
 
@@ -58,6 +59,7 @@ def parse_layer_list(text: str | None, num_student_layers: int, num_teacher_laye
 
 
 def _base(model: nn.Module) -> nn.Module:
+    """The encoder without DDP wrapper or task head."""
     model = getattr(model, "module", model)
     return getattr(model, "base_model", model)
 
@@ -77,18 +79,24 @@ def init_from_teacher_layers(student: nn.Module, teacher: nn.Module, layers: lis
                 f"{argname} teacher_layers: the student's {field} {s_val} differs from the teacher's {t_val}, so the "
                 f"teacher's layers do not fit; use the teacher's {field} or start from random (--student_init random; "
                 f"methods for a narrower student: {WIDTH_FREE_METHODS})")
-    s_blocks, t_blocks = s_base.encoder.layer, t_base.encoder.layer
+    s_blocks, t_blocks = encoder_layers(s_base), encoder_layers(t_base)
     if layers is None:
         layers = uniform_layer_map(len(s_blocks), len(t_blocks))
     if len(layers) != len(s_blocks) or not all(1 <= x <= len(t_blocks) for x in layers):
         raise UserError(f"--init_layers {','.join(map(str, layers))}: need {len(s_blocks)} layers within "
                         f"1..{len(t_blocks)}")
     with torch.no_grad():
-        s_base.embeddings.load_state_dict(t_base.embeddings.state_dict())
         for s_block, t_layer in zip(s_blocks, layers):
             s_block.load_state_dict(t_blocks[t_layer - 1].state_dict())
-        if getattr(s_base, "pooler", None) is not None and getattr(t_base, "pooler", None) is not None:
-            s_base.pooler.load_state_dict(t_base.pooler.state_dict())
+        # Everything of the encoder outside its blocks (embeddings, pooler or final norm) is copied by name.
+        in_blocks = {id(t) for t in s_blocks.state_dict(keep_vars=True).values()}
+        t_state = t_base.state_dict()
+        for name, tensor in s_base.state_dict(keep_vars=True).items():
+            if id(tensor) in in_blocks:
+                continue
+            if name not in t_state or t_state[name].shape != tensor.shape:
+                raise UserError(f"{argname} teacher_layers: the teacher has no {name} of shape {tuple(tensor.shape)}")
+            tensor.copy_(t_state[name])
         _copy_task_head(student, teacher)
     student_cfg = getattr(student, "module", student).config
     student_cfg.student_init = {"from": teacher_name or getattr(t_cfg, "_name_or_path", "") or "teacher",
@@ -127,6 +135,6 @@ def apply_student_init(args, student: nn.Module, teacher: nn.Module, teacher_nam
         if getattr(args, "init_layers", None):
             raise UserError("--init_layers needs --student_init teacher_layers")
         return None
-    n_s, n_t = len(_base(student).encoder.layer), len(_base(teacher).encoder.layer)
+    n_s, n_t = len(encoder_layers(student)), len(encoder_layers(teacher))
     layers = parse_layer_list(args.init_layers, n_s, n_t, "--init_layers")
     return init_from_teacher_layers(student, teacher, layers, teacher_name)
