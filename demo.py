@@ -2,7 +2,7 @@
 3 x 384 student distilled from it (teacher-layer init + soft labels); the same student initialised from the
 teacher's layers but only fine-tuned; the same student from random weights; a sentence-embedding student
 (embedding distillation) scored zero-shot on STS-B. A table (parameters, speed, SST-2 accuracy, STS-B Spearman;
-mean and spread over --seeds) and a PNG of the loss curves. Details: kdcore/demo.py.
+mean and spread over --seeds) and a PNG of the loss curves. Details: pipelines/demo.py.
 
     python demo.py                      # about 30 minutes on a quiet 2-core CPU; uses a GPU when there is one
     python demo.py --seeds 3            # three seeds: per-row mean and spread
@@ -12,7 +12,7 @@ import argparse
 import os
 
 from kdcore.cli import parse_args, run_main
-from kdcore.demo import SCALES, run_demo
+from pipelines.demo import SCALES, run_demo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -26,7 +26,7 @@ def packaged_teacher() -> str | None:
         return None
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default=os.path.join(HERE, "runs", "demo"))
     p.add_argument("--data_dir", default=os.environ.get("KD_SHARED_DATA", os.path.join(HERE, "..", "shared", "data")))
@@ -46,7 +46,11 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=1.0, help="soft-label temperature of task distillation")
     p.add_argument("--teacher_lr", type=float, default=5e-5)
     p.add_argument("--student_lr", type=float, default=1e-4)
-    run_demo(parse_args(p, argv))
+    return p
+
+
+def main(argv=None):
+    return run_demo(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ needs --src_file). Output: --output_json (default <pred>.scores.json), also prin
 from __future__ import annotations
 
 import argparse
-import json
 
 from kdcore.cli import parse_args, run_main
-from kdcore.modeling import atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.nlg_metrics import score_files
+    from minilm.nlg_metrics import run
 
-    args = parse_args(build_parser(), argv)
-    task = "qg" if args.task == "qg" else "summarization"
-    scores = score_files(args.pred, args.gold, task, src_file=args.src_file, nltk_data=args.nltk_data)
-    out = args.output_json or args.pred + ".scores.json"
-    atomic_write_json(scores, out)
-    print(json.dumps(scores, indent=2))
-    return scores
+    return run(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -2,22 +2,25 @@
 """General distillation over pregenerated data: TinyBERT (default), MiniLM v1 or MiniLMv2.
 
     python general_distill.py --pregenerated_data DATA --teacher_model TEACHER --student_model configs/minilm_L6xH384.json \
-        --distill_method minilmv2 --output_dir OUT [--config configs/recipes/minilmv2_bert_base.yaml]
+        --distill_method minilmv2 --output_dir OUT [--config configs/recipes/minilmv2_general_bert_base.yaml]
 
-The logic lives in tinybert/general.py (arguments, data, objectives) and kdcore/runtime.py (training loop).
+METHODS is the table of methods: each row is one `kdcore.distill.DistillMethod` (its options and its objective),
+defined in its own file. A new method = one file + one row. The driver is `kdcore.distill.distill`.
 """
-import os
-import sys
+from kdcore import distill
+from kdcore.cli import parse_args, run_main
+from minilm import v1 as minilm_v1, v2 as minilm_v2
+from tinybert import intermediate as tinybert
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+METHODS = {m.name: m for m in (tinybert.METHOD, minilm_v1.METHOD, minilm_v2.METHOD)}
 
-from kdcore.cli import parse_args, run_main  # noqa: E402
-from tinybert.general import build_parser, run  # noqa: E402
+
+def build_parser():
+    return distill.build_parser(METHODS, default_method="tinybert")
 
 
 def main(argv=None):
-    args = parse_args(build_parser(), argv)
-    return run(args)
+    return distill.distill(parse_args(build_parser(), argv), METHODS)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,8 @@
         --bert_model BERT_DIR --reduce_memory --do_lower_case --epochs_to_generate 3 --output_dir CORPUS_JSON
 """
 import argparse
-import os
 
-from kdcore.cli import UserError, ensure_writable_dir, parse_args, require_file, run_main
-from kdcore.modeling import load_tokenizer
+from kdcore.cli import parse_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,21 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = parse_args(build_parser(), argv)
-    require_file(args.train_corpus, "--train_corpus")
-    if args.max_documents is not None and args.max_documents < 1:
-        raise UserError("--max_documents must be at least 1")
-    tokenizer = load_tokenizer(args.bert_model, "--bert_model", do_lower_case=True if args.do_lower_case else None)
-    if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
-        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no [CLS]/[SEP]/[MASK] tokens")
-    if len(tokenizer) <= len(tokenizer.all_special_tokens):
-        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
-    ensure_writable_dir(args.output_dir)
-    from tinybert.pregenerate import pregenerate
+    from tinybert.masked_lm_instances import run
 
-    counts = pregenerate(args, tokenizer)
-    for epoch, count in enumerate(counts):
-        print(f"epoch {epoch}: {count} examples -> {os.path.join(args.output_dir, f'epoch_{epoch}.json')}")
+    return run(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ The output folder is a sequence-classification `save_pretrained` folder with eva
 """
 import argparse
 
-from kdcore.cli import UserError, parse_args, run_main
+from kdcore.cli import parse_args, run_main
+from kdcore.families import add_model_type_arg
 from kdcore.runtime import add_runtime_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_type", default="bert", help="bert, roberta, xlmroberta or minilm (the config decides)")
+    add_model_type_arg(p)
     p.add_argument("--model_name_or_path", "--bert_model", required=True,
                    help="model folder, or a weights file with --config_name")
     p.add_argument("--config_name", default=None)
@@ -44,12 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = parse_args(build_parser(), argv)
-    if args.model_type.lower() not in ("bert", "roberta", "xlmroberta", "xlm-roberta", "minilm"):
-        raise UserError(f"--model_type {args.model_type}: expected bert, roberta, xlmroberta or minilm")
     from tinybert.classification import run_glue
 
-    return run_glue(args)
+    return run_glue(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,9 @@
 Writes OUT/predictions.json, nbest_predictions.json, null_odds.json (SQuAD 2.0) and eval_results.json.
 """
 import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from kdcore.cli import parse_args, run_main  # noqa: E402
-from kdcore.runtime import add_runtime_args  # noqa: E402
-from minilm.finetune import add_model_args, add_task_args  # noqa: E402
+from kdcore.cli import parse_args, run_main
+from kdcore.finetune import add_model_args, add_task_args
+from kdcore.runtime import add_runtime_args
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,14 +13,9 @@ XNLI-1.0/xnli.dev.tsv, selects the checkpoint with the best joint dev accuracy a
 (XNLI-1.0/xnli.test.tsv, when present) in OUT/eval_results.json.
 """
 import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from kdcore.cli import parse_args, run_main  # noqa: E402
-from kdcore.runtime import add_runtime_args  # noqa: E402
-from minilm.finetune import add_model_args, add_task_args  # noqa: E402
+from kdcore.cli import parse_args, run_main
+from kdcore.finetune import add_model_args, add_task_args
+from kdcore.runtime import add_runtime_args
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,10 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = parse_args(build_parser(), argv)
     from tinybert.task_distill import run_task_distill
 
-    return run_task_distill(args)
+    return run_task_distill(parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 One step is what the training runtime does per optimizer step: the real objective's forward under autocast (frozen
 teacher without gradients + student), backward, global-norm clipping (1.0), AdamW step, zero_grad. Methods:
-`minilmv2` (minilm.objectives.MiniLMObjective, Q-Q/K-K/V-V relations of the last layers, 48 relation heads),
-`minilm` (MiniLM v1: attention + value relation, same objective class) and `tinybert`
+`minilmv2` (minilm.v2.MiniLMv2Objective, Q-Q/K-K/V-V relations of the last layers, 48 relation heads),
+`minilm` (minilm.v1.MiniLMv1Objective: attention + value relation) and `tinybert`
 (tinybert.intermediate.TinyBertIntermediateObjective: embeddings, every hidden state and attention score map).
 Random weights (speed does not depend on them), random token ids, no padding: tokens per step = batch x seq.
 
@@ -39,7 +39,8 @@ from common import (  # noqa: E402
     apply_preset, bench_parser, machine_info, matmul_flops_per_s, median, report, timed)
 
 from kdcore.modeling import encoder_layers  # noqa: E402
-from kdcore.runtime import build_optimizer, set_seed  # noqa: E402
+from kdcore.runtime import set_seed  # noqa: E402
+from kdcore.trainer import build_optimizer  # noqa: E402
 
 # name: (layers, hidden, heads, intermediate, vocab)
 SIZES = {
@@ -77,17 +78,20 @@ def step_flops(objective, method: str, tokens: int, seq_len: int) -> float:
 
 
 def build_objective(method: str, teacher, sizes: dict, seq_len: int):
-    from minilm.objectives import MiniLMObjective
+    from minilm.v1 import MiniLMv1Objective
+    from minilm.v2 import MiniLMv2Objective
     from tinybert.intermediate import TinyBertIntermediateObjective
 
     student = bert(*sizes["student"], seq_len)
     if method == "tinybert":
         return TinyBertIntermediateObjective(teacher, student)
-    return MiniLMObjective(teacher, student, method=method, num_relation_heads=sizes["relation_heads"])
+    if method == "minilm":
+        return MiniLMv1Objective(teacher, student)
+    return MiniLMv2Objective(teacher, student, num_relation_heads=sizes["relation_heads"])
 
 
 def make_step(objective, batch, amp_dtype, device):
-    """One optimizer step as kdcore.runtime.train does it (AdamW without decay on 1-D weights, clip 1.0)."""
+    """One optimizer step as kdcore.trainer.Trainer does it (AdamW without decay on 1-D weights, clip 1.0)."""
     args = SimpleNamespace(learning_rate=1e-4, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
     optimizer = build_optimizer(objective, args)
     params = [p for p in objective.parameters() if p.requires_grad]

@@ -25,3 +25,12 @@ def pad_batch(input_ids: list, token_type_ids: list | None, pad_id: int) -> dict
     if types is not None:
         batch["token_type_ids"] = types
     return batch
+
+
+def encoder_inputs(input_ids, attention_mask, token_type_ids=None, **extra) -> dict:
+    """The keyword arguments of an encoder's forward; token_type_ids only when there are any (RoBERTa-style
+    models have a single token type and batches without them)."""
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **extra}
+    if token_type_ids is not None:
+        inputs["token_type_ids"] = token_type_ids
+    return inputs

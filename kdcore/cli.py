@@ -122,13 +122,3 @@ def read_json_file(path: str, argname: str, what: str = "JSON file"):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{argname} {path}: not a {what} ({err})")
-
-
-def str2bool(value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value.lower() in ("1", "true", "yes", "y"):
-        return True
-    if value.lower() in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .cli import UserError, read_json_file
+from .families import family_of, get_path, set_size_field
 
 # Fields of a student config that describe its size; everything else (vocabulary, positions, token types,
 # special ids, model type) follows the teacher so that the student reads the teacher's tokenizer.
@@ -243,7 +244,7 @@ def build_student(student_model: str, teacher_config=None, tokenizer=None, model
         config = teacher_config.__class__.from_dict(teacher_config.to_dict())
         for key in STUDENT_SIZE_FIELDS:
             if key in raw:
-                setattr(config, key, raw[key])
+                set_size_field(config, key, raw[key])
         if "vocab_size" in raw and raw["vocab_size"] != teacher_config.vocab_size:
             raise UserError(
                 f"{argname} {config_path}: vocab_size {raw['vocab_size']} differs from the teacher's "
@@ -270,13 +271,19 @@ def check_vocab(config, tokenizer=None, teacher_config=None, argname="--student_
 # Capturing Q / K / V without eager attention
 # --------------------------------------------------------------------------------------------------------------
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of a BERT/RoBERTa/XLM-R model (with or without a task head, DDP-wrapped or not)."""
-    model = getattr(model, "module", model)
-    base = getattr(model, "base_model", model)
+    """The transformer blocks of an encoder of a known family (kdcore.families), with or without a task head,
+    DDP-wrapped or not."""
+    base = bare_model(model)
     try:
-        return base.encoder.layer
+        return get_path(base, family_of(base.config).layers)
     except AttributeError:
-        raise UserError(f"{type(model).__name__}: not a BERT-style encoder (no encoder.layer)")
+        raise UserError(f"{type(model).__name__}: its blocks are not where its family's entry says")
+
+
+def bare_model(model: nn.Module) -> nn.Module:
+    """The encoder without DDP wrapper or task head."""
+    model = getattr(model, "module", model)
+    return getattr(model, "base_model", model)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -321,21 +328,40 @@ class SelfAttentionCapture:
         unknown = set(self.parts) - {"query", "key", "value"}
         if unknown:
             raise ValueError(f"unknown parts {unknown}")
+        config = bare_model(self.model).config
+        self._family = family_of(config)
+        self._heads = config.num_attention_heads
         self._blocks = blocks
         self._handles = []
 
     def __enter__(self):
         self.captured = {layer: CapturedLayer() for layer in self.layers}
+        family = self._family
         for layer in self.layers:
-            attn = self._blocks[layer].attention.self
-            heads = attn.num_attention_heads
-            for part in self.parts:
-                self._handles.append(getattr(attn, part).register_forward_hook(self._hook(layer, part, heads)))
+            block = self._blocks[layer]
+            if family.fused():  # one projection [Q; K; V] (ModernBERT's Wqkv)
+                hook = self._fused_hook(layer)
+                self._handles.append(get_path(block, family.qkv).register_forward_hook(hook))
+                continue
+            for part, path in zip(("query", "key", "value"), family.qkv):
+                if part in self.parts:
+                    self._handles.append(get_path(block, path).register_forward_hook(self._hook(layer, part)))
         return self
 
-    def _hook(self, layer: int, part: str, heads: int):
+    def _hook(self, layer: int, part: str):
         def hook(module, inputs, output):
-            setattr(self.captured[layer], part, split_heads(output, heads))
+            # The first call is the token projection; DeBERTa calls query_proj / key_proj again on its relative
+            # position embeddings within the same forward, which must not overwrite it.
+            if getattr(self.captured[layer], part) is None:
+                setattr(self.captured[layer], part, split_heads(output, self._heads))
+
+        return hook
+
+    def _fused_hook(self, layer: int):
+        def hook(module, inputs, output):
+            for part, chunk in zip(("query", "key", "value"), output.chunk(3, dim=-1)):
+                if part in self.parts and getattr(self.captured[layer], part) is None:
+                    setattr(self.captured[layer], part, split_heads(chunk, self._heads))
 
         return hook
 

@@ -1,1 +1,1 @@
-"""MiniLM: v1 / v2 self-attention distillation losses, SQuAD, XNLI and UniLM-style seq2seq."""
+"""MiniLM: the minilm (v1) and minilmv2 distillation methods and their losses, SQuAD, XNLI and UniLM-style seq2seq."""

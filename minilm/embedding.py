@@ -15,18 +15,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore.cli import UserError
-from kdcore.modeling import SelfAttentionCapture, encoder_layers, freeze
+from kdcore.batching import encoder_inputs
+from kdcore.modeling import SelfAttentionCapture, bare_model, encoder_layers
+from kdcore.objective import DistillObjective
 from kdcore.sentence_embeddings import embedding_mse, pool
 
 from .losses import common_relation_head_counts, self_attention_relation_kl
 
 
-class EmbeddingDistillObjective(nn.Module):
+class EmbeddingDistillObjective(DistillObjective):
+    TERMS = ("embedding", "qq", "kk", "vv")
+
     def __init__(self, teacher: nn.Module, student: nn.Module, pooling: str = "mean", normalize: bool = False,
                  relation_weight: float = 0.0, num_relation_heads: int = 48):
-        super().__init__()
-        self.teacher = freeze(teacher)
-        self.student = student
+        super().__init__(teacher, student)
         t_dim, s_dim = teacher.config.hidden_size, student.config.hidden_size
         if t_dim != s_dim:
             raise UserError(f"embedding distillation compares pooled embeddings directly, so the student needs the "
@@ -38,22 +40,14 @@ class EmbeddingDistillObjective(nn.Module):
         self.pooling, self.normalize = pooling, normalize
         self.relation_weight, self.num_relation_heads = float(relation_weight), num_relation_heads
         self.t_last, self.s_last = len(encoder_layers(teacher)) - 1, len(encoder_layers(student)) - 1
-        if getattr(student, "pooler", None) is not None:
-            freeze(student.pooler)  # no loss term reaches BERT's pooler
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()
-        return self
+        self.freeze_unreached(getattr(bare_model(student), "pooler", None))  # no loss term reaches BERT's pooler
 
     def embed(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         emb = pool(hidden, attention_mask, self.pooling)
         return F.normalize(emb, dim=-1) if self.normalize else emb
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
+        inputs = encoder_inputs(input_ids, attention_mask, token_type_ids)
         relations = self.relation_weight > 0
         t_layers, s_layers = ([self.t_last], [self.s_last]) if relations else ([], [])
         with torch.no_grad(), SelfAttentionCapture(self.teacher, t_layers) as t_cap:
@@ -139,8 +133,9 @@ def run_embedding_distill(args) -> dict:
     import logging
 
     from kdcore.cli import ensure_writable_dir
-    from kdcore.modeling import atomic_write_json, build_student, load_teacher, load_tokenizer, save_model
-    from kdcore.runtime import Runtime, train
+    from kdcore.modeling import atomic_write_json, build_student, load_teacher, load_tokenizer
+    from kdcore.runtime import Runtime
+    from kdcore.trainer import train
     from kdcore.sentence_embeddings import read_pooling, sts_zero_shot_spearman, write_sentence_transformers_files
     from kdcore.student_init import apply_student_init
 
@@ -172,7 +167,7 @@ def run_embedding_distill(args) -> dict:
     before = sts(student.to(rt.device)) if rt.is_main else None
 
     def save_fn(obj, folder):
-        save_model(obj.student, folder, tokenizer)
+        obj.save(folder, tokenizer)
         write_sentence_transformers_files(args.teacher_model, folder, obj.student.config.hidden_size)
 
     def evaluate_fn(obj, step):

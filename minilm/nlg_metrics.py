@@ -16,6 +16,7 @@ generation, with the papers' post-processing.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -272,3 +273,14 @@ def score_files(pred_file: str, gold_file: str, task: str, src_file: str | None 
         result = score_summarization(preds, refs)
     result.update({"pred": os.path.abspath(pred_file), "gold": os.path.abspath(gold_file)})
     return result
+
+
+def run(args) -> dict:
+    """eval_seq2seq.py: score --pred against --gold, write --output_json (default <pred>.scores.json)."""
+    from kdcore.modeling import atomic_write_json
+
+    task = "qg" if args.task == "qg" else "summarization"
+    scores = score_files(args.pred, args.gold, task, src_file=args.src_file, nltk_data=args.nltk_data)
+    atomic_write_json(scores, args.output_json or args.pred + ".scores.json")
+    print(json.dumps(scores, indent=2))
+    return scores

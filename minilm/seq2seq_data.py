@@ -18,6 +18,7 @@ import tempfile
 import torch
 from torch.utils.data import Dataset
 
+from kdcore.batching import pad_batch
 from kdcore.cli import UserError
 
 logger = logging.getLogger("kd.seq2seq")
@@ -234,11 +235,9 @@ class Seq2SeqTrainDataset(Dataset):
         return {"source_ids": source, "target_ids": target_in, "pseudo_ids": pseudo, "label_ids": labels}
 
 
-def pad_stack(seqs: list[torch.Tensor], pad_id: int) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out
+def pad_stack(seqs: list, pad_id: int) -> torch.Tensor:
+    """(N, longest) ids, right-padded with `pad_id` (kdcore.batching.pad_batch's input_ids)."""
+    return pad_batch(seqs, None, pad_id)["input_ids"]
 
 
 class TrainCollator:

@@ -1,6 +1,7 @@
 """Decoding a JSON-lines file with a fine-tuned UniLM seq2seq model (what decode_seq2seq.py runs)."""
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -144,3 +145,61 @@ def decode_file(model: UniLMSeq2Seq, tokenizer, input_file: str, output_file: st
         }, output_file + ".trace.json")
     return stats
 
+
+def check_args(args) -> None:
+    if args.mode != "s2s":
+        raise UserError(f"--mode {args.mode}: only s2s decoding is supported")
+    if args.pos_shift:
+        raise UserError("--pos_shift (s2s-ft mask_way v0) is not supported; models from run_seq2seq.py use v2")
+    if args.max_tgt_length < 1:
+        raise UserError("--max_tgt_length must be >= 1")
+    if args.max_tgt_length >= args.max_seq_length - 2:
+        raise UserError(f"--max_tgt_length {args.max_tgt_length} must be below --max_seq_length - 2")
+    if args.beam_size < 1 or args.batch_size < 1:
+        raise UserError("--beam_size and --batch_size must be >= 1")
+    if args.forbid_duplicate_ngrams and args.ngram_size < 1:
+        raise UserError("--ngram_size must be >= 1")
+    if args.min_len < 0:
+        raise UserError("--min_len must be >= 0")
+
+
+def run(args) -> None:
+    """decode_seq2seq.py: decode --input_file with every checkpoint --model_path matches."""
+    from kdcore.modeling import load_tokenizer
+    from kdcore.runtime import set_seed
+
+    check_args(args)
+    paths = sorted(glob.glob(args.model_path)) or ([args.model_path] if os.path.exists(args.model_path) else [])
+    if not paths:
+        raise UserError(f"--model_path: no such file or folder: {args.model_path}")
+    if len(paths) > 1 and args.output_file:
+        raise UserError(f"--model_path {args.model_path} matches {len(paths)} checkpoints; drop --output_file "
+                        "(each gets <checkpoint>.<split>)")
+    if not args.output_file and not args.split:
+        raise UserError("give --output_file, or --split to write <model_path>.<split>")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(args.tokenizer_name or paths[0], "--tokenizer_name",
+                               do_lower_case=True if args.do_lower_case else None)
+    cfg = SearchConfig(
+        eos_id=tokenizer.sep_token_id, beam_size=args.beam_size, max_len=args.max_tgt_length, min_len=args.min_len,
+        length_penalty=args.length_penalty, forbid_duplicate_ngrams=args.forbid_duplicate_ngrams,
+        ngram_size=args.ngram_size, forbid_ignore_ids=forbid_ignore_ids(args.forbid_ignore_word, tokenizer),
+        need_traces=args.need_score_traces,
+    )
+    for path in paths:
+        model = load_seq2seq_model(path, tokenizer, args.config_path)
+        if args.max_seq_length > model.max_positions():
+            raise UserError(f"--max_seq_length {args.max_seq_length} exceeds the model's {model.max_positions()} "
+                            "position embeddings")
+        if args.fp16:
+            if device.type == "cuda":
+                model.half()
+            else:
+                logger.warning("--fp16 ignored: decoding on CPU in float32")
+        model.to(device)
+        out = args.output_file or f"{os.path.normpath(path)}.{args.split}"
+        stats = decode_file(model, tokenizer, args.input_file, out, cfg, args.max_seq_length, args.max_tgt_length,
+                            args.batch_size, device, subset=args.subset, cached=args.decoder == "cached")
+        logger.info("%s: %d examples, %d tokens in %.1fs (%.1f tokens/s) -> %s", path, stats.examples,
+                    stats.generated_tokens, stats.seconds, stats.generated_tokens / max(stats.seconds, 1e-9), out)

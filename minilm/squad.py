@@ -32,7 +32,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from kdcore.cli import UserError, read_json_file
@@ -328,20 +327,18 @@ def convert_examples_to_features(
 # ----------------------------------------------------------------------------------------------------------------
 # Inference and post-processing
 # ----------------------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def predict_logits(model, features: SquadFeatures, collate_fn, batch_size: int, device, autocast) -> tuple[list, list]:
     """Start / end logits of every feature (trimmed to the feature's length), in feature order."""
-    model.eval()
+    from kdcore.finetune import predict_batches
+
+    def step(model, batch):
+        index = batch.pop("feature_index").tolist()
+        out = model(**batch)
+        return index, out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+
     items = features.items(is_training=False)
     starts, ends = [None] * len(items), [None] * len(items)
-    for b in tqdm(range(0, len(items), batch_size), desc="evaluating", dynamic_ncols=True,
-                  disable=len(items) < 10 * batch_size):
-        batch = collate_fn(items[b : b + batch_size])
-        index = batch.pop("feature_index").tolist()
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast():
-            out = model(**batch)
-        s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+    for index, s, e in predict_batches(model, items, collate_fn, batch_size, device, step, autocast):
         for row, fi in enumerate(index):
             n = len(features.input_ids[fi])
             starts[fi], ends[fi] = s[row, :n], e[row, :n]
@@ -499,7 +496,7 @@ def evaluate_model(model, eval_data: SquadEvalData, tokenizer, args, rt, out_dir
     """Predict, write predictions.json / nbest_predictions.json / null_odds.json into `out_dir`, return metrics."""
     from kdcore.modeling import atomic_write_json
 
-    from .finetune import pad_collate
+    from kdcore.finetune import pad_collate
     from .squad_metrics import evaluate_v1, evaluate_v2
 
     model = model.to(rt.device)
@@ -532,8 +529,9 @@ def run(args) -> dict | None:
     from kdcore.modeling import atomic_write_json
     from kdcore.runtime import Runtime
 
-    from .finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
-                           train_task, uses_token_type_ids)
+    from kdcore.finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
+                                 train_task)
+    from kdcore.families import MODEL_TYPES
     from .squad_metrics import MLQA_LANGUAGES
 
     if not (args.do_train or args.do_eval):
@@ -552,7 +550,7 @@ def run(args) -> dict | None:
     ensure_writable_dir(args.output_dir)
     rt = Runtime(args)
     tokenizer = load_task_tokenizer(args)
-    use_types = uses_token_type_ids(args.model_type)
+    use_types = MODEL_TYPES[args.model_type].token_type_ids
     model = load_task_model(args, AutoModelForQuestionAnswering, tokenizer)
     check_max_seq_length(model.config, args.max_seq_length)
 

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcore.families import max_input_positions
+
 # Model types whose position ids start after the padding index (fairseq convention).
-PADDING_OFFSET_POSITION_TYPES = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ class UniLMSeq2Seq(nn.Module):
         self.pad_token_id = int(pad_token_id)
         self.mask_token_id = int(mask_token_id)
         self.label_smoothing = float(label_smoothing)
-        self.position_offset = (config.pad_token_id + 1) if config.model_type in PADDING_OFFSET_POSITION_TYPES else 0
+        self.position_offset = config.max_position_embeddings - max_input_positions(config)
         self.source_type_id = 0
         self.target_type_id = 1 if getattr(config, "type_vocab_size", 1) > 1 else 0
 
@@ -175,7 +176,7 @@ class UniLMSeq2Seq(nn.Module):
 
     def max_positions(self) -> int:
         """How many positions (source + target tokens) the position embeddings can hold."""
-        return self.config.max_position_embeddings - self.position_offset
+        return max_input_positions(self.config)
 
     # -- training --------------------------------------------------------------------------------------------
     def build_inputs(self, source_ids, target_ids, pseudo_ids, num_source_tokens, num_target_tokens):

@@ -19,8 +19,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from kdcore.cli import UserError
 
@@ -145,18 +143,13 @@ def encode(examples: NliExamples, tokenizer, max_seq_length: int, use_token_type
     return items
 
 
-@torch.no_grad()
 def predict(model, items: list[dict], collate_fn, batch_size: int, device, autocast) -> np.ndarray:
     """Predicted label ids, in item order."""
-    model.eval()
-    out = []
-    for b in tqdm(range(0, len(items), batch_size), desc="evaluating", dynamic_ncols=True,
-                  disable=len(items) < 10 * batch_size):
-        batch = collate_fn([{k: v for k, v in it.items() if k != "labels"} for it in items[b : b + batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast():
-            logits = model(**batch).logits
-        out.append(logits.float().argmax(-1).cpu().numpy())
+    from kdcore.finetune import predict_batches
+
+    unlabelled = [{k: v for k, v in it.items() if k != "labels"} for it in items]
+    out = predict_batches(model, unlabelled, collate_fn, batch_size, device,
+                          lambda model, batch: model(**batch).logits.float().argmax(-1).cpu().numpy(), autocast)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -198,8 +191,9 @@ def run(args) -> dict | None:
     from kdcore.modeling import atomic_write_json
     from kdcore.runtime import Runtime
 
-    from .finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
-                           pad_collate, train_task, uses_token_type_ids)
+    from kdcore.finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
+                                 pad_collate, train_task)
+    from kdcore.families import MODEL_TYPES
 
     if not (args.do_train or args.do_eval):
         raise UserError("nothing to do: pass --do_train and/or --do_eval")
@@ -220,7 +214,7 @@ def run(args) -> dict | None:
     ensure_writable_dir(args.output_dir)
     rt = Runtime(args)
     tokenizer = load_task_tokenizer(args)
-    use_types = uses_token_type_ids(args.model_type)
+    use_types = MODEL_TYPES[args.model_type].token_type_ids
     model = load_task_model(args, AutoModelForSequenceClassification, tokenizer, num_labels=len(LABELS))
     check_max_seq_length(model.config, args.max_seq_length)
     collate = lambda items: pad_collate(items, tokenizer.pad_token_id)  # noqa: E731

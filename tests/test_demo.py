@@ -50,7 +50,7 @@ def test_demo_smoke_runs_every_stage(tmp_path, shared_data):
 
 
 def test_rows_report_mean_and_spread_over_seeds():
-    from kdcore.demo import mean_spread, results_markdown
+    from pipelines.demo import mean_spread, results_markdown
 
     stat = mean_spread([0.80, 0.84, 0.82])
     assert stat["mean"] == pytest.approx(0.82) and stat["std"] == pytest.approx(0.02)  # sample std

@@ -12,7 +12,8 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, RobertaConfig, XL
 
 from kdcore.cli import UserError, parse_args
 from kdcore.modeling import build_student
-from minilm.objectives import MiniLMObjective
+from minilm.v1 import MiniLMv1Objective
+from minilm.v2 import MiniLMv2Objective
 from tinybert.intermediate import TinyBertIntermediateObjective
 from pregenerated_writer import real_paragraphs, write_pregenerated
 from test_minilm_losses import slow_relation_kl
@@ -74,7 +75,7 @@ def test_minilm_v1_attention_term_equals_kl_of_eager_attention_probabilities(tmp
     student = _student(tmp_path, teacher)
     ids, mask, lengths = _batch(teacher)
     t_eager, s_eager = _eager_copy(teacher), _eager_copy(student)
-    objective = MiniLMObjective(teacher, student, method="minilm").eval()
+    objective = MiniLMv1Objective(teacher, student).eval()
     with torch.no_grad():
         out = objective(input_ids=ids, attention_mask=mask)
         p_t = t_eager(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[-1].double()
@@ -96,8 +97,8 @@ def test_minilmv2_terms_match_formula_on_recomputed_qkv(tmp_path, model_type):
     reference_teacher = _eager_copy(teacher)
     student = _student(tmp_path, teacher, hidden=36, heads=3)  # 3 heads vs the teacher's 4, 36 vs 48 wide
     ids, mask, lengths = _batch(teacher)
-    objective = MiniLMObjective(teacher, student, method="minilmv2", teacher_layer=3, num_relation_heads=6,
-                                weights={"qq": 1.0, "kk": 0.5, "vv": 2.0}).eval()
+    objective = MiniLMv2Objective(teacher, student, teacher_layer=3, num_relation_heads=6,
+                                  weights={"qq": 1.0, "kk": 0.5, "vv": 2.0}).eval()
     assert len(objective.teacher.encoder.layer) == 3  # layer 4 is never read, so it is dropped
     with torch.no_grad():
         out = objective(input_ids=ids, attention_mask=mask)
@@ -150,7 +151,8 @@ def test_every_trainable_parameter_gets_a_gradient_and_the_teacher_none(tmp_path
     teacher = _teacher("roberta")
     student = _student(tmp_path, teacher, hidden=24 if method != "minilmv2" else 36, heads=4 if method != "minilmv2" else 3)
     objective = (TinyBertIntermediateObjective(teacher, student) if method == "tinybert"
-                 else MiniLMObjective(teacher, student, method=method, num_relation_heads=4)).train()
+                 else MiniLMv1Objective(teacher, student) if method == "minilm"
+                 else MiniLMv2Objective(teacher, student, num_relation_heads=4)).train()
     ids, mask, _ = _batch(teacher)
     objective(input_ids=ids, attention_mask=mask)["loss"].backward()
     trainable = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]
@@ -163,12 +165,12 @@ def test_every_trainable_parameter_gets_a_gradient_and_the_teacher_none(tmp_path
 def test_clear_errors_for_incompatible_pairs(tmp_path):
     teacher = _teacher("bert")
     with pytest.raises(UserError, match="equal attention head counts.*use --distill_method minilmv2"):
-        MiniLMObjective(teacher, _student(tmp_path, teacher, heads=3, hidden=24), method="minilm")
+        MiniLMv1Objective(teacher, _student(tmp_path, teacher, heads=3, hidden=24))
     with pytest.raises(UserError, match=r"--num_relation_heads 48 must divide both hidden sizes \(teacher 48, "
                                          r"student 36\); values that do: 12, 6, 4, 3, 2, 1"):
-        MiniLMObjective(teacher, _student(tmp_path, teacher, heads=3, hidden=36), method="minilmv2")
+        MiniLMv2Objective(teacher, _student(tmp_path, teacher, heads=3, hidden=36))
     with pytest.raises(UserError, match="--teacher_layer 5: the teacher has layers 1..4"):
-        MiniLMObjective(teacher, _student(tmp_path, teacher), method="minilmv2", teacher_layer=5, num_relation_heads=4)
+        MiniLMv2Objective(teacher, _student(tmp_path, teacher), teacher_layer=5, num_relation_heads=4)
     with pytest.raises(UserError, match="--layer_map 1,9: layer 9 does not exist; the teacher has layers 1..4"):
         TinyBertIntermediateObjective(teacher, _student(tmp_path, teacher, layers=2), layer_map="1,9")
 
@@ -229,7 +231,7 @@ def test_teacher_assistant_chain_and_continue_train(tmp_path, packaged_teacher, 
     from argparse import Namespace
 
     from kdcore.modeling import load_teacher, load_tokenizer
-    from tinybert.general import load_student
+    from kdcore.distill import load_student
 
     common = ["--pregenerated_data", wiki_data, "--distill_method", "minilmv2", "--train_batch_size", "8",
               "--max_steps", "2", "--eval_step", "0"]
@@ -274,7 +276,7 @@ def test_recipes_parse_with_the_script_arguments(tmp_path):
     import glob
 
     sys.path.insert(0, REPO)
-    from tinybert.general import build_parser
+    from general_distill import build_parser
 
     recipes = sorted(glob.glob(os.path.join(REPO, "configs", "recipes", "*_general_*.yaml")))
     assert len(recipes) >= 4

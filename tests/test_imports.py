@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 
-PACKAGES = ("kdcore", "tinybert", "minilm")
+PACKAGES = ("kdcore", "tinybert", "minilm", "pipelines")
 
 
 def _project_modules():

@@ -1,4 +1,4 @@
-"""The reader of TinyBERT's pregenerated data (tinybert/pregenerated.py), on files written from real text."""
+"""The reader of TinyBERT's pregenerated data (kdcore/pregenerated_data.py), on files written from real text."""
 import json
 import os
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdcore.cli import UserError
-from tinybert.pregenerated import (
+from kdcore.pregenerated_data import (
     PregeneratedCollator,
     PregeneratedEpoch,
     PregeneratedTrainingData,

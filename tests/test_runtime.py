@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdcore.runtime import epoch_indices, linear_schedule
+from kdcore.trainer import epoch_indices, linear_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "tests", "toy_train.py")

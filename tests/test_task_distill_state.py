@@ -13,7 +13,7 @@ from kdcore.cli import UserError
 from kdcore.logit_cache import cached_teacher_logits
 from tinybert.classification import GlueDataset, model_inputs
 from tinybert.glue import get_task, load_split
-from tinybert.task_distill import IndexedDataset, TaskDistillObjective, teacher_logits_for
+from tinybert.task_distill import IndexedDataset, PredictionDistillObjective, teacher_logits_for
 
 TINY_STUDENT = os.path.join(REPO, "configs", "tiny_student_2L_64D.json")  # 2 layers, 64 wide, 4 heads
 
@@ -28,21 +28,34 @@ def _pair(num_labels=2):
     return teacher.eval(), student
 
 
-def test_stage1_loads_fit_dense_saved_beside_the_student(tmp_path):
-    from safetensors.torch import save_file
+def test_stage1_loads_fit_dense_saved_beside_the_student(tmp_path, shared_data, bert_tokenizer):
+    """task_distill.py stage 1 from a general-distillation folder starts from the fit_dense saved there (learning
+    rate 0 keeps it, so the output's fit_dense is the input's); a folder without one gets general distillation's
+    initialisation (N(0, initializer_range), zero bias)."""
+    from safetensors.torch import load_file, save_file
 
+    from kdcore.modeling import save_model
+    from tinybert.intermediate import TinyBertIntermediateObjective
+
+    teacher_dir = make_tiny_model_dir(tmp_path / "t", num_layers=4, hidden=64, heads=4, tokenizer=bert_tokenizer)
+    student_dir = make_tiny_model_dir(tmp_path / "s", num_layers=2, hidden=32, heads=4, tokenizer=bert_tokenizer)
+    saved = {"weight": torch.randn(64, 32), "bias": torch.randn(64)}
+    save_file(saved, os.path.join(student_dir, "fit_dense.safetensors"))
+    out = tmp_path / "stage1"
+    task_distill.main(["--teacher_model", teacher_dir, "--student_model", student_dir, "--task_name", "SST-2",
+                       "--data_dir", os.path.join(shared_data, "glue", "SST-2"), "--output_dir", str(out),
+                       "--learning_rate", "0", "--max_steps", "1", "--train_batch_size", "8", "--max_train_examples",
+                       "8", "--max_eval_examples", "8", "--max_seq_length", "32"])
+    carried = load_file(out / "fit_dense.safetensors")
+    assert torch.equal(carried["weight"], saved["weight"]) and torch.equal(carried["bias"], saved["bias"])
     teacher, student = _pair()
-    saved = {"weight": torch.randn(48, 32), "bias": torch.randn(48)}
-    save_file(saved, str(tmp_path / "fit_dense.safetensors"))
-    objective = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False, fit_dense_from=str(tmp_path))
-    assert torch.equal(objective.fit_dense.weight, saved["weight"]) and torch.equal(objective.fit_dense.bias, saved["bias"])
-    # without a saved one: the same initialisation as general distillation (normal(0, initializer_range), zero bias)
     torch.manual_seed(3)
-    fresh = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False, fit_dense_from=None).fit_dense
+    fresh = TinyBertIntermediateObjective(teacher, student).fit_dense
     assert torch.count_nonzero(fresh.bias) == 0 and fresh.weight.std().item() == pytest.approx(0.02, rel=0.15)
-    save_file({"weight": torch.randn(8, 32), "bias": torch.randn(8)}, str(tmp_path / "fit_dense.safetensors"))
+    save_model(student, str(tmp_path / "bad"), extra_modules={"fit_dense": torch.nn.Linear(32, 8)})
+    objective = TinyBertIntermediateObjective(teacher, student)
     with pytest.raises(UserError, match="fit_dense.safetensors: does not fit this teacher/student pair"):
-        TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False, fit_dense_from=str(tmp_path))
+        objective.load_fit_dense(str(tmp_path / "bad"))
 
 
 def _sst2(shared_data, tokenizer, n=40, max_len=32):
@@ -92,8 +105,8 @@ def test_stage2_loss_with_cached_logits_equals_the_teacher_forward(shared_data, 
     with torch.no_grad():
         cached = torch.cat([teacher(**model_inputs(data.dataset.collate([data.dataset[i]]))).logits for i in range(12)])
     batch = data.collate([data[i] for i in (5, 2, 9)])
-    live = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=True)
-    fast = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=True, teacher_logits=cached)
+    live = PredictionDistillObjective(teacher, student, get_task("SST-2"))
+    fast = PredictionDistillObjective(teacher, student, get_task("SST-2"), teacher_logits=cached)
     with torch.no_grad():
         assert fast(**batch)["loss"].item() == pytest.approx(live(**batch)["loss"].item(), abs=1e-5)
         assert torch.equal(batch["example_index"], torch.tensor([5, 2, 9]))

@@ -12,7 +12,8 @@ import run_glue
 import task_distill
 from kdcore.cli import UserError
 from tinybert.glue import get_task
-from tinybert.task_distill import TaskDistillObjective
+from tinybert.intermediate import TinyBertIntermediateObjective
+from tinybert.task_distill import PredictionDistillObjective
 
 STUDENT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                               "tiny_student_2L_64D.json")  # 2 layers, 64 wide, 4 heads
@@ -64,7 +65,7 @@ def _manual_scores(model, hidden_in, layer, num_heads):
 
 def test_stage1_losses_match_a_hand_computation():
     teacher, student = _pair_models(2)
-    objective = TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False).eval()
+    objective = TinyBertIntermediateObjective(teacher, student).eval()
     assert objective.fit_dense.weight.shape == (48, 32)  # student width -> teacher width from the teacher config
     assert objective.teacher_layers == [1, 3]
     batch = _batch()
@@ -103,7 +104,7 @@ def test_stage1_losses_match_a_hand_computation():
 @pytest.mark.parametrize("task_name,num_labels", [("SST-2", 2), ("STS-B", 1)])
 def test_stage2_loss_is_soft_ce_or_mse_to_the_teacher(task_name, num_labels):
     teacher, student = _pair_models(num_labels)
-    objective = TaskDistillObjective(student, teacher, get_task(task_name), pred_distill=True, temperature=2.0).eval()
+    objective = PredictionDistillObjective(teacher, student, get_task(task_name), temperature=2.0).eval()
     batch = _batch()
     labels = torch.full((3,), 4.0) if num_labels == 1 else torch.tensor([0, 1, 1])
     with torch.no_grad():
@@ -124,7 +125,7 @@ def test_head_count_mismatch_is_a_clear_error():
     student = BertForSequenceClassification(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
                                                        num_attention_heads=2, intermediate_size=64))
     with pytest.raises(UserError, match=r"equal head counts \(teacher 4, student 2\)"):
-        TaskDistillObjective(student, teacher, get_task("SST-2"), pred_distill=False)
+        TinyBertIntermediateObjective(teacher, student)
 
 
 def _common(data_dir, out, train_n=192, eval_n=96):
@@ -251,3 +252,21 @@ def test_bad_training_rows_stop_before_training(tmp_path, tiny_bert_dir, rows, m
     with pytest.raises(UserError, match="unknown task 'sst5'"):
         task_distill.main(["--teacher_model", tiny_bert_dir, "--student_model", tiny_bert_dir, "--task_name", "sst5",
                            "--data_dir", str(data), "--output_dir", str(tmp_path / "o")])
+
+
+def test_run_glue_eval_all_checkpoints_scores_each_checkpoint_beside_it(tmp_path, shared_data, tiny_bert_dir):
+    data = tmp_path / "SST-2"
+    data.mkdir()
+    with open(os.path.join(shared_data, "glue", "SST-2", "dev.tsv")) as f:
+        dev = f.read().splitlines()[:17]
+    (data / "train.tsv").write_text("\n".join(dev) + "\n")
+    (data / "dev.tsv").write_text("\n".join(dev) + "\n")
+    out = tmp_path / "out"
+    final = run_glue.main(["--model_name_or_path", tiny_bert_dir, "--task_name", "sst-2", "--data_dir", str(data),
+                           "--do_train", "--do_eval", "--eval_all_checkpoints", "--output_dir", str(out),
+                           "--per_gpu_train_batch_size", "8", "--num_train_epochs", "2", "--save_steps", "2"])
+    scored = sorted(p.name for p in out.iterdir() if (p / "eval_results.json").is_file())
+    assert scored == ["checkpoint-2", "checkpoint-4"]  # 16 examples / 8 = 2 steps an epoch, 2 epochs
+    with open(out / "checkpoint-4" / "eval_results.json") as f:
+        last = json.load(f)
+    assert last["acc"] == pytest.approx(final["acc"])  # the last checkpoint is the final model

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_tiny_model_dir
 from kdcore.cli import UserError
-from minilm.finetune import load_task_tokenizer
+from kdcore.finetune import load_task_tokenizer
 from minilm.xnli import (LABELS, NliExamples, accuracy_by_language, read_eval_file, read_train_file,
                          select_checkpoint)
 from spm_tokenizer import build_spm_tokenizer_dir

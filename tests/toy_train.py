@@ -15,7 +15,8 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from kdcore.cli import parse_args, run_main
-from kdcore.runtime import Runtime, add_runtime_args, train
+from kdcore.runtime import Runtime, add_runtime_args
+from kdcore.trainer import train
 
 
 class ToyData(torch.utils.data.Dataset):

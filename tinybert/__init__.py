@@ -1,1 +1,2 @@
-"""TinyBERT: corpus pregeneration, general distillation losses, data augmentation, task distillation, GLUE."""
+"""TinyBERT: the tinybert distillation method and its losses, corpus pregeneration, data augmentation, task
+distillation, GLUE."""

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from kdcore.cli import UserError
+from kdcore.families import max_input_positions
 from kdcore.batching import pad_batch
 from tinybert.glue import GlueTask, read_tsv
 
@@ -233,7 +234,7 @@ class DataAugmentor:
         self.model, self.tokenizer, self.glove = model, tokenizer, glove
         self.M, self.N, self.p, self.seed = M, N, p, seed
         self.batch_size, self.device = batch_size, device
-        self.max_len = min(getattr(model.config, "max_position_embeddings", 512), 512)
+        self.max_len = min(max_input_positions(model.config), 512)
         self.special_ids = set(tokenizer.all_special_ids)
         backend = tokenizer.backend_tokenizer
         self._normalizer, self._pre_tokenizer = backend.normalizer, backend.pre_tokenizer
@@ -365,3 +366,41 @@ def augment_file(augmentor: DataAugmentor, task: GlueTask, train_path: str, outp
             os.remove(tmp)
         raise
     return len(rows), written
+
+
+def run(args) -> tuple[int, int]:
+    """data_augmentation.py: augment GLUE_DIR/TASK/train.tsv into train_aug.tsv; returns (rows in, rows out)."""
+    from kdcore.modeling import load_tokenizer
+
+    from .glue import get_task
+
+    task = get_task(args.task_name)
+    if task.name == "MNLI" and args.task_name.lower() == "mnli-mm":
+        raise UserError("--task_name: augment MNLI (mnli-mm is only an evaluation set)")
+    task_dir = os.path.join(args.glue_dir, task.name)
+    if not os.path.isdir(task_dir) and os.path.isdir(os.path.join(args.glue_dir, args.task_name)):
+        task_dir = os.path.join(args.glue_dir, args.task_name)
+    train_path = os.path.join(task_dir, "train.tsv")
+    if not os.path.isfile(train_path):
+        raise UserError(f"--glue_dir {args.glue_dir}: no {task.name}/train.tsv")
+    if args.N is None:
+        args.N = DEFAULT_N[task.name]
+    for name in ("N", "M", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1")
+    if not 0 <= args.p <= 1:
+        raise UserError(f"--p must be in [0, 1], got {args.p}")
+    output = args.output_file or os.path.join(task_dir, "train_aug.tsv")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if not os.access(out_dir if os.path.isdir(out_dir) else os.path.dirname(out_dir), os.W_OK):
+        raise UserError(f"cannot write {output} (read-only folder?); give --output_file")
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+    tokenizer = load_tokenizer(args.pretrained_bert_model, "--pretrained_bert_model")
+    model = load_masked_lm(args.pretrained_bert_model, device=device)
+    glove = load_glove(args.glove_embs, args.glove_vocab_size)
+    augmentor = DataAugmentor(model, tokenizer, glove, M=args.M, N=args.N, p=args.p, seed=args.seed,
+                              batch_size=args.batch_size, device=device)
+    n_in, n_out = augment_file(augmentor, task, train_path, output, max_examples=args.max_train_examples)
+    print(f"{n_in} training rows -> {n_out} rows in {output}")
+    return n_in, n_out

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from kdcore.batching import pad_batch
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import atomic_write_json, check_vocab, load_model, save_model
+from kdcore.finetune import predict_batches
+from kdcore.modeling import atomic_write_json, check_vocab, load_model
 from tinybert.glue import GlueTask, InputExample, compute_metrics, label_order, load_split
 
 logger = logging.getLogger("kd.glue")
@@ -78,21 +78,9 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: GlueTask) -> tor
 # --------------------------------------------------------------------------------------------------------------
 # Evaluation and predictions
 # --------------------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def predict_logits(model: nn.Module, dataset: GlueDataset, batch_size: int, device, autocast=None) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="Evaluating", leave=False):
-        batch = dataset.collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if autocast is not None:
-            with autocast():
-                logits = model(**model_inputs(batch)).logits
-        else:
-            logits = model(**model_inputs(batch)).logits
-        out.append(logits.float().cpu().numpy())
-    model.train(was_training)
+    out = predict_batches(model, dataset, dataset.collate, batch_size, device,
+                          lambda model, batch: model(**model_inputs(batch)).logits.float().cpu().numpy(), autocast)
     return np.concatenate(out, axis=0) if out else np.zeros((0, 1), dtype=np.float32)
 
 
@@ -177,19 +165,6 @@ def load_classifier(path: str, task: GlueTask, labels: list[str] | None, argname
     return model
 
 
-class FineTuneObjective(nn.Module):
-    """Plain fine-tuning: the task loss against the gold labels."""
-
-    def __init__(self, model: nn.Module, task: GlueTask):
-        super().__init__()
-        self.model = model
-        self.task = task
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-        return {"loss": task_loss(logits, labels, self.task)}
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Shared driver pieces
 # --------------------------------------------------------------------------------------------------------------
@@ -241,8 +216,9 @@ def write_results(result: dict, output_dir: str, name: str = "eval_results.json"
 
 def run_glue(args) -> dict:
     """Plain fine-tuning / evaluation / prediction (run_glue.py)."""
+    from kdcore.finetune import checkpoints_to_evaluate, train_task
     from kdcore.modeling import load_tokenizer
-    from kdcore.runtime import Runtime, list_checkpoints, train
+    from kdcore.runtime import Runtime
     from tinybert.glue import get_task
 
     task = get_task(args.task_name)
@@ -269,19 +245,15 @@ def run_glue(args) -> dict:
 
     model = load_classifier(args.model_name_or_path, task, labels, "--model_name_or_path", args.config_name, tokenizer)
 
-    def save_fn(objective, folder):
-        save_model(objective.model, folder, tokenizer)
-
     if args.do_train:
         evaluate_fn = None
         if args.evaluate_during_training:
             def evaluate_fn(objective, step):
                 return evaluate_all(objective.model, sets, task, args.per_gpu_eval_batch_size, rt.device)
-        result = train(rt, args, FineTuneObjective(model, task), train_set, train_set.collate,
-                       args.per_gpu_train_batch_size, args.num_train_epochs, save_fn, evaluate_fn=evaluate_fn,
-                       eval_steps=args.logging_steps if args.evaluate_during_training else 0,
-                       metric_for_best=task.metric if args.evaluate_during_training else None)
-        logger.info("trained %d steps, last losses %s", result.global_step, result.last_losses)
+        train_task(rt, args, model, train_set, tokenizer, collate_fn=train_set.collate,
+                   loss_fn=lambda logits, gold: task_loss(logits, gold, task), evaluate_fn=evaluate_fn,
+                   eval_steps=args.logging_steps if args.evaluate_during_training else 0,
+                   metric_for_best=task.metric if args.evaluate_during_training else None)
         model = load_classifier(args.output_dir, task, labels, "--output_dir", tokenizer=tokenizer)  # what was saved
     model = model.to(rt.device)
     final = {}
@@ -289,8 +261,10 @@ def run_glue(args) -> dict:
         if args.do_eval:
             final = evaluate_all(model, sets, task, args.per_gpu_eval_batch_size, rt.device)
             write_results(final, args.output_dir)
-            if args.eval_all_checkpoints:
-                for ckpt in list_checkpoints(args.output_dir):
+            if args.eval_all_checkpoints:  # each checkpoint's results beside it; the final model's are above
+                for name, ckpt in checkpoints_to_evaluate(args.output_dir, include_checkpoints=True):
+                    if name == "final":
+                        continue
                     m = load_classifier(ckpt, task, labels, "--output_dir", tokenizer=tokenizer).to(rt.device)
                     write_results(evaluate_all(m, sets, task, args.per_gpu_eval_batch_size, rt.device), ckpt)
         if args.do_predict:

@@ -48,10 +48,6 @@ class GlueTask:
     metric: str = "acc"            # the metric the best checkpoint is chosen on
 
     @property
-    def output_mode(self) -> str:
-        return "regression" if self.labels is None else "classification"
-
-    @property
     def num_labels(self) -> int:
         return 1 if self.labels is None else len(self.labels)
 

@@ -20,48 +20,81 @@ import os
 import torch
 from torch import nn
 
+from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
-from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers, freeze
+from kdcore.distill import DistillMethod, option
+from kdcore.families import require_qk_attention
+from kdcore.modeling import SelfAttentionCapture, attention_scores, encoder_layers
+from kdcore.objective import DistillObjective
 
 from kdcore.student_init import parse_layer_list
 
 from .losses import attention_score_mse, hidden_mse
 
 logger = logging.getLogger("kd")
-TERMS = ("embedding", "hidden", "attention")
 
 
-class TinyBertIntermediateObjective(nn.Module):
+class TinyBertIntermediateObjective(DistillObjective):
+    """The intermediate-layer objective for a bare encoder pair (general distillation) or a pair with task heads
+    (task distillation stage 1: the losses read the encoders, `student.base_model`, and the heads are frozen).
+    `layer_map`: "2,3,5,6"-style teacher layers (1-based) per student layer; default the uniform map."""
+
+    TERMS = ("embedding", "hidden", "attention")
+
     def __init__(self, teacher: nn.Module, student: nn.Module, layer_map: str | None = None):
-        super().__init__()
-        self.teacher = freeze(teacher)  # eval mode, no gradients, never in the optimizer
-        self.student = student
+        for model in (teacher, student):
+            require_qk_attention(model.config, "tinybert")
+        super().__init__(teacher, student)
         # student layer i <- teacher_layers[i] (0-based)
-        self.teacher_layers = check_layer_compatibility(teacher, student, layer_map)
-        self.fit_dense = new_fit_dense(student.config, teacher.config)
-        if getattr(student, "pooler", None) is not None:
-            freeze(student.pooler)  # no loss term reaches it: keep it out of the optimizer and of DDP's gradient sync
+        self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model, layer_map)
+        self.fit_dense = build_fit_dense(student.config, teacher.config)
+        # No loss term reaches the pooler or a task head: keep them out of the optimizer and of DDP's gradient sync.
+        base = student.base_model
+        heads = [] if base is student else [m for m in student.children() if m is not base]
+        self.freeze_unreached(getattr(base, "pooler", None), *heads)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()
-        return self
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"fit_dense": self.fit_dense}
 
     def load_fit_dense(self, folder: str) -> bool:
         """Load `fit_dense.safetensors` saved beside a student (for --continue_train); False if there is none."""
         return load_fit_dense(self.fit_dense, folder)
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return intermediate_layer_losses(self.teacher, self.student, self.fit_dense, self.teacher_layers,
-                                         input_ids, attention_mask, token_type_ids)
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        # `labels` (task distillation batches carry them) are not used by these losses.
+        return intermediate_layer_losses(self.teacher.base_model, self.student.base_model, self.fit_dense,
+                                         self.teacher_layers, input_ids, attention_mask, token_type_ids)
 
 
-def new_fit_dense(student_config, teacher_config) -> nn.Linear:
-    """TinyBERT's `fit_dense` W (student width -> teacher width), initialised as BERT initialises its linears."""
+def build_fit_dense(student_config, teacher_config) -> nn.Linear:
+    """W: student width -> teacher width, initialised as BERT initialises a linear layer (as TinyBERT's
+    init_bert_weights did for fit_dense): weights N(0, initializer_range), bias 0."""
     fit_dense = nn.Linear(student_config.hidden_size, teacher_config.hidden_size)
     fit_dense.weight.data.normal_(mean=0.0, std=getattr(student_config, "initializer_range", 0.02))
     fit_dense.bias.data.zero_()
     return fit_dense
+
+
+LAYER_MAP = option(
+    "--layer_map", default=None,
+    help="Teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform with the top layer kept "
+    "(the nearest uniform map when the depths do not divide).")
+
+
+def build_objective(args, teacher, student) -> TinyBertIntermediateObjective:
+    objective = TinyBertIntermediateObjective(teacher, student, args.layer_map)
+    if args.continue_train and objective.load_fit_dense(args.student_model):
+        logger.info("continuing fit_dense from %s", args.student_model)
+    return objective
+
+
+METHOD = DistillMethod(
+    name="tinybert",
+    summary="embedding + hidden-state MSE (through fit_dense) + attention-score MSE on mapped layers (TinyBERT's "
+    "general distillation; the default)",
+    options=(LAYER_MAP,),
+    build=build_objective,
+)
 
 
 def load_fit_dense(fit_dense: nn.Linear, folder: str) -> bool:
@@ -102,9 +135,7 @@ def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input
 
     `teacher` and `student` are bare encoders (pass `model.base_model` for models with a task head).
     """
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True}
-    if token_type_ids is not None:
-        inputs["token_type_ids"] = token_type_ids
+    inputs = encoder_inputs(input_ids, attention_mask, token_type_ids, output_hidden_states=True)
     parts = ("query", "key")
     student_layers = list(range(len(teacher_layers)))
     with torch.no_grad(), SelfAttentionCapture(teacher, teacher_layers, parts) as t_cap:

@@ -9,8 +9,9 @@ excluded, see tinybert/losses.py) and W the trainable `fit_dense` (student width
 from the teacher's config). Stage 2 (`--pred_distill`): soft cross-entropy against the teacher's logits at
 temperature T; for STS-B (regression) the MSE to the teacher's score, not the gold label.
 
-The teacher is frozen, in eval mode, and registered as `objective.teacher`; Q/K come from forward hooks
-(`SelfAttentionCapture`), so both models keep SDPA attention.
+Stage 1 is `tinybert.intermediate.TinyBertIntermediateObjective` (the general-distillation objective, reading
+the encoders of the two classifiers), stage 2 `PredictionDistillObjective`; both are `kdcore.objective.
+DistillObjective`s (frozen teacher kept out of the optimizer, DDP and checkpoints).
 """
 from __future__ import annotations
 
@@ -20,57 +21,39 @@ import os
 import torch
 from torch import nn
 
+from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import build_student, load_teacher, save_model
+from kdcore.finetune import predict_batches
+from kdcore.modeling import build_student, load_teacher
+from kdcore.objective import DistillObjective
 from kdcore.student_init import apply_student_init
 from tinybert.classification import (
     GlueDataset, evaluate_all, eval_sets, has_tokenizer, is_classifier_config, label_config, load_classifier,
-    model_inputs, predict_logits, predict_test_sets, read_folder_config, write_results,
+    predict_logits, predict_test_sets, read_folder_config, write_results,
 )
 from tinybert.glue import GlueTask, get_task, label_order, load_split
-from tinybert.intermediate import check_layer_compatibility, intermediate_layer_losses, load_fit_dense, new_fit_dense
+from tinybert.intermediate import TinyBertIntermediateObjective
 from tinybert.losses import regression_mse, soft_cross_entropy
 
 logger = logging.getLogger("kd.task_distill")
 
 
-class TaskDistillObjective(nn.Module):
-    """forward(**batch) -> {"loss", per-term losses}; `pred_distill` picks the stage.
+class PredictionDistillObjective(DistillObjective):
+    """Stage 2: the student's logits against the teacher's (soft cross-entropy at `temperature`; MSE for
+    regression tasks). With `teacher_logits` (N, C), the teacher's logits are read from it by each batch's
+    `example_index` instead of running the teacher (see kdcore/logit_cache.py)."""
 
-    Stage 1 starts `fit_dense` from `fit_dense_from` (the general-distillation student folder) when it holds a
-    `fit_dense.safetensors`, as the original TinyBERT does. Stage 2 reads the teacher's logits from
-    `teacher_logits` (N, C), indexed by each batch's `example_index`, when given (see kdcore/logit_cache.py).
-    """
+    TERMS = ("cls_loss",)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, task: GlueTask, pred_distill: bool, temperature: float = 1.0,
-                 layer_map: str | None = None, fit_dense_from: str | None = None,
+    def __init__(self, teacher: nn.Module, student: nn.Module, task: GlueTask, temperature: float = 1.0,
                  teacher_logits: torch.Tensor | None = None):
-        super().__init__()
-        self.student = student
-        self.teacher = teacher  # frozen; excluded from checkpoints and from DDP by the runtime
+        super().__init__(teacher, student)
         self.task = task
-        self.pred_distill = pred_distill
         self.temperature = temperature
         self.teacher_logits = teacher_logits
-        if not pred_distill:
-            self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model, layer_map)
-            self.fit_dense = new_fit_dense(student.config, teacher.config)
-            if load_fit_dense(self.fit_dense, fit_dense_from):
-                logger.info("fit_dense loaded from %s (general distillation's projection)", fit_dense_from)
-            # The pooler and the classifier get no gradient from these losses: freeze them (as unused parameters
-            # they would also stall DDP's gradient reduction).
-            for name, p in student.named_parameters():
-                if not name.startswith(student.base_model_prefix + ".") or ".pooler." in name:
-                    p.requires_grad_(False)
 
-    def intermediate_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        inputs = model_inputs(batch)
-        losses = intermediate_layer_losses(self.teacher.base_model, self.student.base_model, self.fit_dense,
-                                           self.teacher_layers, **inputs)
-        return {k: v if k == "loss" else v.detach() for k, v in losses.items()}
-
-    def prediction_loss(self, batch: dict, example_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        inputs = model_inputs(batch)
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None, example_index=None):
+        inputs = encoder_inputs(input_ids, attention_mask, token_type_ids)
         s_logits = self.student(**inputs).logits
         if self.teacher_logits is not None and example_index is not None:
             t_logits = self.teacher_logits[example_index.cpu()].to(s_logits.device)
@@ -82,12 +65,6 @@ class TaskDistillObjective(nn.Module):
         else:
             loss = soft_cross_entropy(s_logits, t_logits, self.temperature)
         return {"loss": loss, "cls_loss": loss.detach()}
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None, example_index=None):
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            batch["token_type_ids"] = token_type_ids
-        return self.prediction_loss(batch, example_index) if self.pred_distill else self.intermediate_losses(batch)
 
 
 class IndexedDataset(torch.utils.data.Dataset):
@@ -122,17 +99,17 @@ def teacher_logits_for(teacher: nn.Module, teacher_path: str, dataset: GlueDatas
     return cached_teacher_logits(cache_dir, key, len(dataset), compute)
 
 
-@torch.no_grad()
-def mean_distill_losses(objective: TaskDistillObjective, dataset: GlueDataset, batch_size: int, device) -> dict:
+def mean_distill_losses(objective: DistillObjective, dataset: GlueDataset, batch_size: int, device) -> dict:
     """The stage's loss terms averaged over a (dev) set, example-weighted."""
+    def step(objective, batch):
+        n = len(batch["input_ids"])
+        return n, {k: float(v) * n for k, v in objective(**batch).items()}
+
     totals, count = {}, 0
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-        batch = {k: v.to(device) for k, v in dataset.collate(items).items()}
-        out = objective(**batch)
-        for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v) * len(items)
-        count += len(items)
+    for n, sums in predict_batches(objective, dataset, dataset.collate, batch_size, device, step):
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + v
+        count += n
     return {f"distill_{k}": v / max(1, count) for k, v in totals.items()}
 
 
@@ -152,7 +129,8 @@ def run_task_distill(args) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from kdcore.modeling import load_tokenizer
-    from kdcore.runtime import Runtime, train
+    from kdcore.runtime import Runtime
+    from kdcore.trainer import train
 
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
@@ -216,34 +194,33 @@ def run_task_distill(args) -> dict:
 
     examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
     train_set = GlueDataset(examples, tokenizer, task, labels, args.max_seq_length)
-    teacher_logits = None
     if args.pred_distill:  # the frozen eval-mode teacher's logits are the same every epoch: compute them once
         teacher_logits = teacher_logits_for(teacher.to(rt.device), args.teacher_model, train_set, args.max_seq_length,
                                             args.task_name, args.cache_dir or args.output_dir, args.eval_batch_size,
                                             rt.device)
         train_set = IndexedDataset(train_set)
-    objective = TaskDistillObjective(student, teacher, task, args.pred_distill, args.temperature, args.layer_map,
-                                     fit_dense_from=args.student_model if student_is_folder else None,
-                                     teacher_logits=teacher_logits)
+        objective = PredictionDistillObjective(teacher, student, task, args.temperature, teacher_logits)
+    else:
+        objective = TinyBertIntermediateObjective(teacher, student, args.layer_map)
+        # stage 1 keeps general distillation's projection when the student folder has one (as TinyBERT does)
+        if student_is_folder and objective.load_fit_dense(args.student_model):
+            logger.info("fit_dense loaded from %s (general distillation's projection)", args.student_model)
     denom = max(1, args.gradient_accumulation_steps) * rt.world_size
     if args.train_batch_size % denom:
         raise UserError(f"--train_batch_size {args.train_batch_size} is not divisible by gradient accumulation steps "
                         f"x processes = {denom}")
     micro_batch = args.train_batch_size // denom
 
-    def save_fn(obj, folder):
-        extra = {"fit_dense": obj.fit_dense} if not obj.pred_distill else None
-        save_model(obj.student, folder, tokenizer, extra_modules=extra)
-
     def evaluate_fn(obj, step):
         result = evaluate_all(obj.student, sets, task, args.eval_batch_size, rt.device)
-        if not obj.pred_distill:  # stage 1: the intermediate losses on dev say how far the student got
+        if not args.pred_distill:  # stage 1: the intermediate losses on dev say how far the student got
             result.update(mean_distill_losses(obj, sets[""], args.eval_batch_size, rt.device))
         return result
 
     logger.info("stage %s: %d training examples, total batch %d", "2 (prediction layer)" if args.pred_distill
                 else "1 (intermediate layers)", len(train_set), args.train_batch_size)
-    result = train(rt, args, objective, train_set, train_set.collate, micro_batch, args.num_train_epochs, save_fn,
+    result = train(rt, args, objective, train_set, train_set.collate, micro_batch, args.num_train_epochs,
+                   lambda obj, folder: obj.save(folder, tokenizer),
                    evaluate_fn=evaluate_fn, eval_steps=args.eval_step if args.pred_distill else 0,
                    metric_for_best=task.metric if args.pred_distill else None)
     final = {}

@@ -1,4 +1,4 @@
-"""Reader for TinyBERT's pregenerated training data (the output of `pregenerate_training_data.py`).
+"""Reader of pregenerated general-distillation data (written by `pregenerate_training_data.py`, TinyBERT's format).
 
 Layout of `--pregenerated_data`:
 
@@ -29,7 +29,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from kdcore.cli import UserError
+from .batching import pad_batch
+from .cli import UserError
 
 logger = logging.getLogger("kd")
 
@@ -281,17 +282,5 @@ class PregeneratedCollator:
         self.use_token_type_ids = use_token_type_ids
 
     def __call__(self, items: list[dict]) -> dict:
-        t = max(len(it["input_ids"]) for it in items)
-        b = len(items)
-        input_ids = torch.full((b, t), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((b, t), dtype=torch.long)
-        token_type_ids = torch.zeros((b, t), dtype=torch.long)
-        for i, it in enumerate(items):
-            n = len(it["input_ids"])
-            input_ids[i, :n] = it["input_ids"]
-            attention_mask[i, :n] = it["attention_mask"]
-            token_type_ids[i, :n] = it["token_type_ids"]
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.use_token_type_ids:
-            batch["token_type_ids"] = token_type_ids
-        return batch
+        types = [it["token_type_ids"] for it in items] if self.use_token_type_ids else None
+        return pad_batch([it["input_ids"] for it in items], types, self.pad_token_id)

@@ -1,4 +1,4 @@
-"""Corpus pregeneration for TinyBERT's general distillation (`pregenerate_training_data.py`).
+"""Masked-LM training instances from a corpus (`pregenerate_training_data.py`; read back by kdcore/pregenerated_data.py).
 
 Input: documents separated by blank lines. Either one sentence per line (the original's format), or raw text
 (paragraph lines, or hard-wrapped lines) which is split into sentences with a small rule-based splitter.
@@ -515,3 +515,24 @@ def pregenerate(args, tokenizer) -> list[int]:
             store.close()
         if store_file and os.path.exists(store_file):
             os.remove(store_file)
+
+
+def run(args) -> list[int]:
+    """pregenerate_training_data.py: check the arguments and the tokenizer, then pregenerate; returns the
+    example count of each epoch."""
+    from kdcore.cli import ensure_writable_dir, require_file
+    from kdcore.modeling import load_tokenizer
+
+    require_file(args.train_corpus, "--train_corpus")
+    if args.max_documents is not None and args.max_documents < 1:
+        raise UserError("--max_documents must be at least 1")
+    tokenizer = load_tokenizer(args.bert_model, "--bert_model", do_lower_case=True if args.do_lower_case else None)
+    if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
+        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no [CLS]/[SEP]/[MASK] tokens")
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
+    ensure_writable_dir(args.output_dir)
+    counts = pregenerate(args, tokenizer)
+    for epoch, count in enumerate(counts):
+        print(f"epoch {epoch}: {count} examples -> {os.path.join(args.output_dir, f'epoch_{epoch}.json')}")
+    return counts

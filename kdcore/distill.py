@@ -1,11 +1,11 @@
-"""General (task-agnostic) distillation over pregenerated data: TinyBERT, MiniLM v1 and MiniLMv2.
+"""The method-agnostic general-distillation driver: pregenerated data -> teacher + student -> objective -> trainer.
 
-`general_distill.py` is the thin command-line shell over `build_parser()` and `run()`.
+A method is one `DistillMethod` (name, its own options, a `build` function returning a `DistillObjective`),
+defined in its package (tinybert/, minilm/); `general_distill.py` holds the table of methods and passes it here:
 
-    --distill_method tinybert   embedding + hidden-state MSE (through fit_dense) + attention-score MSE on mapped
-                                layers (tinybert.intermediate, the default, as TinyBERT's general_distill.py)
-    --distill_method minilm     MiniLM v1: last-layer attention distributions + value relations (minilm.objectives)
-    --distill_method minilmv2   MiniLMv2: Q-Q / K-K / V-V self-attention relations over --num_relation_heads
+    parser = build_parser(METHODS)
+    args = parse_args(parser, argv)
+    distill(args, METHODS)
 
 Argument names and defaults follow TinyBERT's general_distill.py (BertAdam's weight decay 0.01 and epsilon 1e-6
 included); `--train_batch_size` is per process and includes gradient accumulation, as there.
@@ -16,33 +16,79 @@ import argparse
 import logging
 import math
 import os
+from dataclasses import dataclass, field
+from typing import Callable
 
-from kdcore.cli import UserError
-from kdcore.modeling import build_student, load_teacher, load_tokenizer, save_model
-from kdcore.runtime import Runtime, add_runtime_args, train
-from kdcore.sentence_embeddings import write_sentence_transformers_files
-from kdcore.student_init import add_student_init_args, apply_student_init
+from torch import nn
 
-from .intermediate import TinyBertIntermediateObjective
-from .pregenerated import PregeneratedCollator, PregeneratedTrainingData
+from .cli import UserError
+from .families import max_input_positions, uses_token_type_ids
+from .modeling import build_student, load_teacher, load_tokenizer
+from .objective import DistillObjective
+from .pregenerated_data import PregeneratedCollator, PregeneratedTrainingData
+from .runtime import Runtime, add_runtime_args
+from .sentence_embeddings import write_sentence_transformers_files
+from .student_init import add_student_init_args, apply_student_init
+from .trainer import train
 
 logger = logging.getLogger("kd")
 
-METHODS = ("tinybert", "minilm", "minilmv2")
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option of a method: `parser.add_argument(flag, **kwargs)`."""
+
+    flag: str
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def option(flag: str, **kwargs) -> Option:
+    return Option(flag, kwargs)
+
+
+@dataclass(frozen=True)
+class DistillMethod:
+    """A general-distillation method: its options and how it builds its objective from (args, teacher, student)."""
+
+    name: str
+    summary: str
+    options: tuple[Option, ...]
+    build: Callable[[argparse.Namespace, nn.Module, nn.Module], DistillObjective]
+
+
+TEACHER_LAYER = option(
+    "--teacher_layer", type=int, default=None,
+    help="Teacher layer to distil, 1-based as in the papers (e.g. 21 of 24 for BERT-large, 19 of 24 for "
+    "RoBERTa-large / XLM-R-large); negative counts from the end. Default: the last layer.")
+
+
+def _method_options(methods: dict[str, DistillMethod]) -> dict[str, tuple[Option, list[str]]]:
+    """flag -> (its Option, the methods that take it); methods may share an Option object (e.g. TEACHER_LAYER)."""
+    table: dict[str, tuple[Option, list[str]]] = {}
+    for method in methods.values():
+        for opt in method.options:
+            if opt.flag in table and table[opt.flag][0] != opt:
+                raise ValueError(f"{opt.flag} is defined differently by two methods")
+            table.setdefault(opt.flag, (opt, []))[1].append(method.name)
+    return table
+
+
+def build_parser(methods: dict[str, DistillMethod], default_method: str = "tinybert") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="General distillation (TinyBERT / MiniLM v1 / MiniLMv2) of a BERT, RoBERTa or XLM-R teacher "
-        "over data written by pregenerate_training_data.py."
-    )
+        description="General distillation (" + " / ".join(methods) + ") of a teacher over data written by "
+        "pregenerate_training_data.py.")
     parser.add_argument("--pregenerated_data", required=True,
                         help="Folder with epoch_N.json and epoch_N_metrics.json (from pregenerate_training_data.py).")
     parser.add_argument("--teacher_model", required=True, help="Teacher: a HF model folder (with its tokenizer).")
     parser.add_argument("--student_model", required=True,
                         help="Student: a config JSON (e.g. configs/minilm_L6xH384.json; size fields only, the "
                         "vocabulary follows the teacher) or a folder (its config.json; its weights with --continue_train).")
-    parser.add_argument("--distill_method", choices=METHODS, default="tinybert")
+    parser.add_argument("--distill_method", choices=list(methods), default=default_method,
+                        help="; ".join(f"{m.name}: {m.summary}" for m in methods.values()))
     parser.add_argument("--reduce_memory", action="store_true",
                         help="Keep the pregenerated examples in memory-mapped files instead of RAM.")
     parser.add_argument("--do_lower_case", action="store_true",
@@ -51,23 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Examples per optimisation step per process (split into --gradient_accumulation_steps).")
     parser.add_argument("--num_train_epochs", type=float, default=3.0)
     parser.add_argument("--continue_train", action="store_true",
-                        help="Start from the weights in the --student_model folder (and its fit_dense for tinybert) "
-                        "instead of a random initialisation from its config.")
+                        help="Start from the weights in the --student_model folder (and its trainable extras, e.g. "
+                        "TinyBERT's fit_dense) instead of a random initialisation from its config.")
     add_student_init_args(parser)
-    parser.add_argument("--layer_map", default=None,
-                        help="TinyBERT: teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform, "
-                        "top layer kept (nearest uniform map when the depths do not divide).")
-    g = parser.add_argument_group("MiniLM v1 / v2")
-    g.add_argument("--teacher_layer", type=int, default=None,
-                   help="Teacher layer to distil, 1-based as in the papers (e.g. 21 of 24 for BERT-large, 19 of 24 "
-                   "for RoBERTa-large / XLM-R-large); negative counts from the end. Default: the last layer.")
-    g.add_argument("--num_relation_heads", type=int, default=48,
-                   help="MiniLMv2 relation heads; must divide both hidden sizes (48 for base teachers, 64 for large).")
-    g.add_argument("--qq_weight", type=float, default=1.0, help="MiniLMv2 weight of the Q-Q relation term.")
-    g.add_argument("--kk_weight", type=float, default=1.0, help="MiniLMv2 weight of the K-K relation term.")
-    g.add_argument("--vv_weight", type=float, default=1.0, help="MiniLMv2 weight of the V-V relation term.")
-    g.add_argument("--attention_weight", type=float, default=1.0, help="MiniLM v1 weight of the attention term.")
-    g.add_argument("--value_relation_weight", type=float, default=1.0, help="MiniLM v1 weight of the value-relation term.")
+    group = parser.add_argument_group("method options")
+    for opt, owners in _method_options(methods).values():
+        kwargs = dict(opt.kwargs)
+        kwargs["help"] = f"[{'/'.join(owners)}] " + kwargs.get("help", "")
+        group.add_argument(opt.flag, **kwargs)
     add_runtime_args(
         parser,
         # TinyBERT's general_distill.py: lr 5e-5, BertAdam (weight decay 0.01, eps 1e-6), warmup 0.1, save every
@@ -79,36 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def max_input_positions(config) -> int:
-    """Longest input the model's position embeddings allow (RoBERTa-style models offset positions by pad+1)."""
-    n = config.max_position_embeddings
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        n -= (config.pad_token_id or 0) + 1
-    return n
-
-
-def build_objective(args, teacher, student):
-    method = args.distill_method
-    if method == "tinybert":
-        if args.teacher_layer is not None:
-            raise UserError("--teacher_layer is for --distill_method minilm/minilmv2 (TinyBERT maps all layers)")
-        objective = TinyBertIntermediateObjective(teacher, student, args.layer_map)
-        if args.continue_train and objective.load_fit_dense(args.student_model):
-            logger.info("continuing fit_dense from %s", args.student_model)
-        return objective
-    if args.layer_map:
-        raise UserError("--layer_map is for --distill_method tinybert (MiniLM distils one layer: --teacher_layer)")
-    from minilm.objectives import MiniLMObjective
-
-    if method == "minilm":
-        weights = {"attention": args.attention_weight, "value_relation": args.value_relation_weight}
-    else:
-        weights = {"qq": args.qq_weight, "kk": args.kk_weight, "vv": args.vv_weight}
-    return MiniLMObjective(teacher, student, method=method, teacher_layer=args.teacher_layer,
-                           num_relation_heads=args.num_relation_heads, weights=weights)
+def check_method_options(args, methods: dict[str, DistillMethod]) -> None:
+    """An option of another method, set away from its default, is a mistake worth one clear line."""
+    for opt, owners in _method_options(methods).values():
+        if args.distill_method not in owners and getattr(args, opt.dest) != opt.kwargs.get("default"):
+            raise UserError(f"{opt.flag} is for --distill_method {'/'.join(owners)}, not {args.distill_method}")
 
 
 def load_student(args, teacher, tokenizer):
+    """The student: random initialisation from a config (or a folder's config.json), the teacher's own layers
+    (--student_init teacher_layers), or a folder's weights with --continue_train."""
     path = args.student_model
     has_weights = os.path.isdir(path) and any(
         os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin"))
@@ -128,7 +145,14 @@ def load_student(args, teacher, tokenizer):
     return student
 
 
-def run(args):
+def save_student(objective: DistillObjective, folder: str, tokenizer, teacher_model: str) -> None:
+    """The student folder (extras such as fit_dense beside it); a sentence-transformers folder like the teacher's
+    when the teacher is one."""
+    objective.save(folder, tokenizer)
+    write_sentence_transformers_files(teacher_model, folder, objective.student.config.hidden_size)
+
+
+def check_batch_args(args) -> None:
     if args.train_batch_size < 1 or args.gradient_accumulation_steps < 1:
         raise UserError("--train_batch_size and --gradient_accumulation_steps must be positive")
     if args.train_batch_size % args.gradient_accumulation_steps:
@@ -136,11 +160,17 @@ def run(args):
                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
     if args.num_train_epochs <= 0:
         raise UserError("--num_train_epochs must be positive")
+
+
+def distill(args, methods: dict[str, DistillMethod]):
+    """General distillation with `methods[args.distill_method]`; returns the trainer's result."""
+    check_batch_args(args)
+    check_method_options(args, methods)
     rt = Runtime(args)  # seeds first, so the student's random initialisation is reproducible
     tokenizer = load_tokenizer(args.teacher_model, "--teacher_model", do_lower_case=True if args.do_lower_case else None)
     teacher = load_teacher(args.teacher_model)
     student = load_student(args, teacher, tokenizer)
-    objective = build_objective(args, teacher, student)
+    objective = methods[args.distill_method].build(args, teacher, student)
 
     epochs = math.ceil(args.num_train_epochs)
     dataset = PregeneratedTrainingData(
@@ -148,7 +178,7 @@ def run(args):
         max_positions=max_input_positions(teacher.config),
     )
     collate = PregeneratedCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                                   use_token_type_ids=getattr(teacher.config, "type_vocab_size", 2) > 1)
+                                   use_token_type_ids=uses_token_type_ids(teacher.config))
     if rt.is_main:
         n_t = sum(p.numel() for p in teacher.parameters())
         n_s = sum(p.numel() for p in student.parameters())
@@ -156,16 +186,10 @@ def run(args):
                     "%d training epoch(s), %d examples", args.distill_method, args.teacher_model, n_t / 1e6,
                     student.config.num_hidden_layers, student.config.hidden_size, n_s / 1e6,
                     dataset.num_data_epochs, epochs, len(dataset))
-
-    def save_fn(model, folder):  # the student as a HF folder; TinyBERT's fit_dense beside it
-        extra = {"fit_dense": model.fit_dense} if hasattr(model, "fit_dense") else None
-        save_model(model.student, folder, tokenizer, extra_modules=extra)
-        write_sentence_transformers_files(args.teacher_model, folder, model.student.config.hidden_size)
-
     return train(
         rt, args, objective, dataset, collate,
         batch_size=args.train_batch_size // args.gradient_accumulation_steps,
         num_train_epochs=args.num_train_epochs / epochs,  # the dataset already spans all training epochs
-        save_model_fn=save_fn,
+        save_model_fn=lambda model, folder: save_student(model, folder, tokenizer, args.teacher_model),
         shuffle=False,  # PregeneratedTrainingData shuffles inside each epoch itself
     )

@@ -1,53 +1,43 @@
-"""Shared pieces of the MiniLM fine-tuning scripts (run_squad.py, run_xnli.py).
+"""Fine-tuning an HF task model: the one driver of GLUE (`run_glue.py`), SQuAD (`run_squad.py`) and XNLI
+(`run_xnli.py`), and of the evaluation of every checkpoint.
 
-`--model_type` decides only how inputs are fed and which tokenizer family is expected; the architecture comes
-from the config:
+A task supplies a reader (files -> examples), an encoder (examples -> items: dicts of input_ids
+[, token_type_ids] and labels) and a metric; this module supplies the rest:
 
-| model_type | architecture (config)   | tokenizer                      | token type ids |
-|------------|-------------------------|--------------------------------|----------------|
-| bert       | BERT                    | WordPiece (vocab.txt)          | yes            |
-| minilm     | BERT (MiniLM release)   | XLM-R SentencePiece            | no             |
-| roberta    | RoBERTa                 | byte-level BPE                 | no             |
-| xlmr       | XLM-RoBERTa             | XLM-R SentencePiece            | no             |
+    add_model_args / load_task_tokenizer / load_task_model   the seed scripts' model options, checked
+    train_task(rt, args, model, items, collate, tokenizer)   TaskObjective on the shared Trainer; HF folders out
+    models_to_evaluate(args)                                 checkpoints (kdcore.checkpoint.list_checkpoints) + final
+    predict_batches(model, items, collate, batch_size, ...)  the one batched prediction loop
 
-`minilm` is the multilingual MiniLM: a BERT-architecture model that reads XLM-R's SentencePiece vocabulary and
-was trained without segment embeddings, so no token type ids are passed (as in the MiniLM run_xnli.py).
+`--model_type` decides only how inputs are fed and which tokenizer family is expected (kdcore/families.py
+MODEL_TYPES); the architecture comes from the config. `minilm` is the multilingual MiniLM: a BERT-architecture
+model that reads XLM-R's SentencePiece vocabulary and was trained without segment embeddings, so no token type ids
+are passed (as in the MiniLM run_xnli.py).
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import re
+from contextlib import nullcontext
+from typing import Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from kdcore.batching import pad_batch
-from kdcore.cli import UserError
-from kdcore.modeling import check_vocab, load_model, load_tokenizer, save_model
+from .batching import pad_batch
+from .checkpoint import list_checkpoints
+from .cli import UserError
+from .families import MODEL_TYPES, add_model_type_arg, max_input_positions
+from .modeling import check_vocab, load_model, load_tokenizer, save_model
 
 logger = logging.getLogger("kd")
-
-MODEL_TYPES = {
-    # name: (passes token type ids, tokenizer family or None for "whatever the folder says")
-    "bert": (True, None),
-    "minilm": (False, "sentencepiece"),
-    "roberta": (False, None),
-    "xlmr": (False, "sentencepiece"),
-}
-
-
-def uses_token_type_ids(model_type: str) -> bool:
-    return MODEL_TYPES[model_type][0]
 
 
 def add_model_args(parser, model_type_default: str = "bert") -> None:
     """The model / tokenizer options of the seed commands."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model_type", default=model_type_default, choices=sorted(MODEL_TYPES),
-                   help="bert: WordPiece + token type ids; minilm: BERT architecture + XLM-R SentencePiece "
-                   "tokenizer, no token type ids; roberta / xlmr: their own architecture, no token type ids.")
+    add_model_type_arg(g, model_type_default)
     g.add_argument("--model_name_or_path", required=True,
                    help="An HF model folder, or a bare weights file (.bin / .safetensors) with --config_name.")
     g.add_argument("--config_name", default=None, help="Config JSON (needed with a bare weights file).")
@@ -87,8 +77,7 @@ def load_task_tokenizer(args):
         tokenizer = load_tokenizer(path, "--tokenizer_name", do_lower_case=True if args.do_lower_case else None)
     if not getattr(tokenizer, "is_fast", True):
         raise UserError(f"--tokenizer_name {path}: a fast tokenizer is needed (character offsets)")
-    family = MODEL_TYPES[args.model_type][1]
-    if family == "sentencepiece" and "XLMRoberta" not in type(tokenizer).__name__:
+    if MODEL_TYPES[args.model_type].sentencepiece_tokenizer and "XLMRoberta" not in type(tokenizer).__name__:
         raise UserError(
             f"--model_type {args.model_type} reads XLM-R's SentencePiece vocabulary, but --tokenizer_name {path} "
             f"gives a {type(tokenizer).__name__}; pass the XLM-R tokenizer folder or its sentencepiece.bpe.model"
@@ -108,23 +97,25 @@ def load_task_model(args, model_class, tokenizer, path: str | None = None, **con
 
 def check_max_seq_length(config, max_seq_length: int) -> None:
     """UserError when windows would be longer than the model's position embeddings."""
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None:
-        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta"):
-            limit -= 2  # positions start after the padding index
-        if max_seq_length > limit:
-            raise UserError(f"--max_seq_length {max_seq_length} is longer than the model's {limit} positions")
+    limit = max_input_positions(config)
+    if max_seq_length > limit:
+        raise UserError(f"--max_seq_length {max_seq_length} is longer than the model's {limit} positions")
 
 
 class TaskObjective(nn.Module):
-    """Adapter from an HF task model to the runtime's objective: forward(**batch) -> {"loss": ...}."""
+    """An HF task model as the trainer's objective: forward(**batch) -> {"loss": ...}. The loss is the model's own
+    (from `labels`), or `loss_fn(logits, labels)` when given (GLUE's CE / MSE in fp32)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, loss_fn: Callable | None = None):
         super().__init__()
         self.model = model
+        self.loss_fn = loss_fn
 
     def forward(self, **batch):
-        return {"loss": self.model(**batch).loss}
+        if self.loss_fn is None:
+            return {"loss": self.model(**batch).loss}
+        labels = batch.pop("labels")
+        return {"loss": self.loss_fn(self.model(**batch).logits, labels)}
 
 
 def pad_collate(items: list[dict], pad_token_id: int) -> dict:
@@ -149,15 +140,19 @@ class ListDataset(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def train_task(rt, args, model: nn.Module, items: list[dict], tokenizer):
-    """Fine-tune an HF task model on `items` (dicts of input_ids [, token_type_ids] and labels) with the shared
-    runtime; checkpoints and the final model are HF folders with the tokenizer."""
-    from kdcore.runtime import train
+def train_task(rt, args, model: nn.Module, items, tokenizer, collate_fn: Callable | None = None,
+               batch_size: int | None = None, loss_fn: Callable | None = None, **trainer_options):
+    """Fine-tune an HF task model on `items` (a list of dicts of input_ids [, token_type_ids] and labels, or any
+    dataset with its `collate_fn`) with the shared Trainer; checkpoints and the final model are HF folders with
+    the tokenizer. `trainer_options`: evaluate_fn, eval_steps, metric_for_best (see kdcore.trainer.Trainer)."""
+    from .trainer import train
 
+    dataset = ListDataset(items) if isinstance(items, list) else items
+    collate_fn = collate_fn or (lambda batch: pad_collate(batch, tokenizer.pad_token_id))
     result = train(
-        rt, args, TaskObjective(model), ListDataset(items), lambda batch: pad_collate(batch, tokenizer.pad_token_id),
-        args.per_gpu_train_batch_size, args.num_train_epochs,
-        lambda objective, folder: save_model(objective.model, folder, tokenizer),
+        rt, args, TaskObjective(model, loss_fn), dataset, collate_fn,
+        batch_size or args.per_gpu_train_batch_size, args.num_train_epochs,
+        lambda objective, folder: save_model(objective.model, folder, tokenizer), **trainer_options,
     )
     logger.info("trained %d steps, last losses %s", result.global_step, result.last_losses)
     return result
@@ -174,15 +169,31 @@ def models_to_evaluate(args) -> list[tuple[str, str | None]]:
 
 
 def checkpoints_to_evaluate(output_dir: str, include_checkpoints: bool) -> list[tuple[str, str]]:
-    """(name, folder) pairs: every `checkpoint-<step>/` holding a model (oldest first, when asked), then the
-    final model in `output_dir` itself (if there is one)."""
-    found = []
-    if include_checkpoints:
-        for path in glob.glob(os.path.join(output_dir, "checkpoint-*")):
-            m = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(path))
-            if m and os.path.isfile(os.path.join(path, "config.json")):
-                found.append((int(m.group(1)), path))
-    out = [(os.path.basename(p), p) for _, p in sorted(found)]
+    """(name, folder) pairs: every complete `checkpoint-<step>/` (oldest first, when asked), then the final model
+    in `output_dir` itself (if there is one)."""
+    out = [(os.path.basename(p), p) for p in list_checkpoints(output_dir)] if include_checkpoints else []
     if os.path.isfile(os.path.join(output_dir, "config.json")):
         out.append(("final", output_dir))
+    return out
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, items, collate_fn: Callable, batch_size: int, device, step: Callable,
+                    autocast: Callable | None = None, desc: str = "evaluating") -> list:
+    """[step(model, batch) for each batch of consecutive items], in item order.
+
+    The one batched prediction loop: `items` is anything with len() and [i]; each batch is `collate_fn` of its
+    items, moved to `device`; the model runs in eval mode (its mode is restored after), without gradients, under
+    `autocast()` when given. `step` does the forward and returns what the caller keeps (logits, losses...).
+    """
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in tqdm(range(0, len(items), batch_size), desc=desc, dynamic_ncols=True, leave=False,
+                      disable=len(items) < 10 * batch_size):
+        batch = collate_fn([items[i] for i in range(start, min(len(items), start + batch_size))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast() if autocast is not None else nullcontext():
+            out.append(step(model, batch))
+    model.train(was_training)
     return out

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .cli import UserError, ensure_writable_dir
-from .modeling import atomic_write_json
+from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.modeling import atomic_write_json
 
 logger = logging.getLogger("kd.demo")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,9 +194,9 @@ def write_init_students(teacher: str, student_config: str, out_dir: str, seed: i
     a sentence-transformers folder like the teacher) and `student_random_init_seed<seed>`."""
     from transformers import AutoModel, AutoTokenizer
 
-    from .modeling import build_student, load_teacher, load_tokenizer, save_model
-    from .sentence_embeddings import write_sentence_transformers_files
-    from .student_init import init_from_teacher_layers, parse_layer_list
+    from kdcore.modeling import build_student, load_teacher, load_tokenizer, save_model
+    from kdcore.sentence_embeddings import write_sentence_transformers_files
+    from kdcore.student_init import init_from_teacher_layers, parse_layer_list
 
     teacher_layers = os.path.join(out_dir, "student_teacher_layers")
     random_init = os.path.join(out_dir, f"student_random_init_seed{seed}")
@@ -212,7 +212,7 @@ def write_init_students(teacher: str, student_config: str, out_dir: str, seed: i
         write_sentence_transformers_files(teacher, teacher_layers, student.config.hidden_size)
     if not _done(random_init, "model.safetensors"):
         # The baseline: the same architecture with fresh random weights.
-        from .modeling import _read_config
+        from kdcore.modeling import _read_config
 
         torch.manual_seed(seed)
         config = _read_config(teacher_layers, "--student_model")
@@ -222,8 +222,8 @@ def write_init_students(teacher: str, student_config: str, out_dir: str, seed: i
 
 
 def sts_spearman(model_dir: str, sts_file: str, max_examples: int | None) -> float:
-    from .modeling import load_model, load_tokenizer
-    from .sentence_embeddings import read_pooling, sts_zero_shot_spearman
+    from kdcore.modeling import load_model, load_tokenizer
+    from kdcore.sentence_embeddings import read_pooling, sts_zero_shot_spearman
 
     mode, normalize = read_pooling(model_dir)
     model = load_model(model_dir, argname="--model_dir").eval()

@@ -1,0 +1,70 @@
+"""The layout a newcomer reads: the README's layout table names every module of the packages (and every path it
+names exists), and every script has one shape: build_parser() + a main() that calls one package function."""
+import os
+import re
+
+from conftest import REPO
+
+PACKAGES = ("kdcore", "tinybert", "minilm", "pipelines")
+
+
+def _layout_paths():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    table = text.split("## Layout", 1)[1].split("\n\n", 2)[2].split("\n\n", 1)[0]
+    return {p for row in table.splitlines() for p in re.findall(r"`([^`* ]+)`", row.split("|")[1])}
+
+
+def test_every_package_module_is_in_the_layout_table():
+    named = _layout_paths()
+    modules = {f"{pkg}/{f}" for pkg in PACKAGES for f in os.listdir(os.path.join(REPO, pkg))
+               if f.endswith(".py") and f != "__init__.py"}
+    assert sorted(modules - named) == []
+
+
+def test_every_path_in_the_layout_table_exists():
+    named = _layout_paths()
+    assert named
+    assert sorted(p for p in named if not os.path.exists(os.path.join(REPO, p.rstrip("/")))) == []
+
+
+def _scripts():
+    return sorted(f for f in os.listdir(REPO) if f.endswith(".py"))
+
+
+def test_every_script_is_build_parser_and_a_main_that_calls_one_package_function():
+    import ast
+
+    for script in _scripts():
+        with open(os.path.join(REPO, script), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert {"build_parser", "main"} <= set(functions), script
+        body = [n for n in functions["main"].body if not isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert len(body) == 1 and isinstance(body[0], ast.Return), f"{script}: main() does more than one call"
+        calls = [n for n in ast.walk(body[0]) if isinstance(n, ast.Call)]
+        names = {c.func.id if isinstance(c.func, ast.Name) else c.func.attr for c in calls}
+        assert names - {"parse_args", "build_parser"} and len(names - {"parse_args", "build_parser"}) == 1, script
+
+
+def test_imports_flow_one_way_scripts_then_method_packages_then_kdcore():
+    import ast
+
+    forbidden = {"kdcore": {"tinybert", "minilm", "pipelines"}, "tinybert": {"minilm", "pipelines"},
+                 "minilm": {"tinybert", "pipelines"}}
+    wrong = []
+    for package, others in forbidden.items():
+        for name in os.listdir(os.path.join(REPO, package)):
+            if not name.endswith(".py"):
+                continue
+            with open(os.path.join(REPO, package, name), encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                elif isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                else:
+                    continue
+                wrong += [f"{package}/{name} imports {m}" for m in modules if m.split(".")[0] in others]
+    assert wrong == []
