@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Score a decode_seq2seq.py prediction file against references and write the scores as JSON.
 
-    # summarisation (XSum, CNN/DailyMail): ROUGE-1/2/L F1, rouge-score with stemming
+    # summarisation (XSum, CNN/DailyMail): ROUGE-1/2/L F1, rouge-score with stemming; UniLM's post-processing
     python eval_seq2seq.py --task xsum --pred out/xsum/ckpt-108000.dev --gold ../shared/data/seq2seq/xsum/dev.json
-    # question generation: BLEU-4, METEOR, ROUGE-L, references grouped per source sentence (Du et al.)
+    # question generation: BLEU-4, METEOR, ROUGE-L (coco-caption's, beta 1.2), references grouped per source
+    # sentence (Du et al.); rouge-score's ROUGE-L is kept as rougeL_rouge_score
     python eval_seq2seq.py --task qg --pred pred.txt --gold qg/test.json --nltk_data ../shared/data/nltk_data
 
 --gold is JSON lines with "tgt" (and "src", used for QG grouping) or plain text, one reference a line (then QG

@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short_seq_prob", type=float, default=0.1,
                    help="probability of a shorter target length for an example")
     p.add_argument("--masked_lm_prob", type=float, default=0.0,
-                   help="fraction of tokens to mask; 0 (TinyBERT's default) writes no masks at all")
+                   help="fraction of tokens to mask (round(len * p), at least 1, at most --max_predictions_per_seq). "
+                        "0 (TinyBERT's default) writes no masks at all, unlike TinyBERT's own script, which masks "
+                        "max(1, round(len * p)) tokens and so still masks one token per instance at 0")
     p.add_argument("--max_predictions_per_seq", type=int, default=20)
     p.add_argument("--one_seq", action="store_true",
                    help="no random next sentences: segment B is always the text that follows A")

@@ -19,6 +19,7 @@ import argparse
 from kdcore.cli import parse_args, run_main
 from kdcore.runtime import add_runtime_args
 from kdcore.student_init import add_student_init_args
+from tinybert.intermediate import LOSS_REDUCTION
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_step", type=int, default=50, help="stage 2: evaluate (and keep the best) every N steps")
     p.add_argument("--pred_distill", action="store_true", help="stage 2: prediction-layer distillation")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument(LOSS_REDUCTION.flag, **LOSS_REDUCTION.kwargs)  # shared with general_distill.py's tinybert
+    p.add_argument("--stsb_target", choices=["teacher", "gold"], default="teacher",
+                   help="STS-B prediction-layer distillation regresses on the teacher's score (default) or, as "
+                        "TinyBERT's code, on the gold score")
     p.add_argument("--layer_map", default=None,
                    help="stage 1: teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform, top "
                    "layer kept (nearest uniform map when the depths do not divide)")

@@ -91,7 +91,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         # A required option given by the config file is no longer required on the command line.
         for key in values:
             dests[key].required = False
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    from kdcore.model_card import script_of_caller, start_run
+
+    # The run record behind the model cards of every folder this run saves (kdcore.model_card).
+    start_run(args, sys.argv[1:] if argv is None else list(argv), script_of_caller())
+    return args
 
 
 def ensure_writable_dir(path: str, argname: str = "--output_dir") -> str:

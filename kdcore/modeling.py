@@ -421,8 +421,8 @@ def atomic_dir(path: str):
         raise
 
 
-def atomic_write_json(obj, path: str) -> None:
-    """Write JSON to `path` through a temporary file and a rename."""
+def atomic_write_text(text: str, path: str) -> None:
+    """Write a text file through a temporary file and a rename (readers never see half a file)."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
@@ -431,8 +431,7 @@ def atomic_write_json(obj, path: str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should read like any other file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -440,8 +439,14 @@ def atomic_write_json(obj, path: str) -> None:
         raise
 
 
+def atomic_write_json(obj, path: str) -> None:
+    """Write JSON to `path` through a temporary file and a rename."""
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+
+
 def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules: dict[str, nn.Module] | None = None) -> None:
-    """Save a `save_pretrained` folder: config.json, model.safetensors, tokenizer files.
+    """Save a `save_pretrained` folder: config.json, model.safetensors, tokenizer files, and the model card
+    (README.md + training_args.json, `kdcore.model_card.write_model_card`).
 
     Everything is first written to a temporary folder inside `output_dir`, then each file is moved into place
     with an atomic rename, so a reader never sees a half-written file, and other files already in `output_dir`
@@ -470,3 +475,6 @@ def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules:
                 os.replace(src, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    from kdcore.model_card import write_model_card
+
+    write_model_card(output_dir, getattr(model, "config", None))

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import model_card
 from .checkpoint import (TrainState, gather_rng, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
                          unwrap)
 from .cli import UserError, ensure_writable_dir
@@ -275,6 +276,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.global_step += 1
         self.last_losses = {k: v / self._running_count for k, v in self._running.items()}
+        model_card.note_progress(self.state.global_step, self.last_losses)  # for the cards of the folders saved next
         return grad_norm
 
     def log(self, grad_norm: float | None, progress) -> None:
@@ -301,6 +303,7 @@ class Trainer:
             unwrapped.train()
             record = {"step": state.global_step, **{f"eval_{k}": v for k, v in metrics.items()}}
             state.eval_history.append(record)
+            model_card.note_evaluation(record)
             self.logger.log(record)
             if self.metric_for_best is not None:
                 if self.metric_for_best not in metrics:

@@ -1,18 +1,23 @@
 """NLG metrics for seq2seq outputs: ROUGE-1/2/L for summarisation, BLEU-4 / METEOR / ROUGE-L for question
-generation, with the papers' post-processing.
+generation, with the post-processing of UniLM's evaluation scripts.
 
-* Predictions are WordPiece output joined into words ("the rspca has said ."). `ptb_fix_tokenization` re-joins
-  what WordPiece split apart, PTB style ("don ' t" -> "do n't", "' s" -> "'s", "3 , 000" -> "3,000",
-  "u . s ." -> "u.s.", "well - known" -> "well-known", ". . ." -> "..."), as s2s-ft / UniLM's evaluation did.
-  For QG (PTB-tokenised, lower-cased references) brackets and quotes also become PTB tokens (-lrb-, ``, '').
-* ROUGE: Google's `rouge-score`, Porter stemming, F1 averaged over examples, x100.
-* QG follows Du et al. (2017)'s evaluation: references are grouped per source sentence (every question asked
-  about the same sentence is a reference), and the prediction of the last pair of a group is scored against
-  them. BLEU-4 is corpus level (clipped n-gram counts and lengths summed over groups, brevity penalty against
-  the reference closest in length). METEOR is nltk's (WordNet synonyms, Porter stems), averaged over groups; the
-  papers used the Java METEOR 1.5, so absolute numbers differ slightly. METEOR needs WordNet: the folder
-  `../shared/data/nltk_data` (nltk layout), `--nltk_data`, or `NLTK_DATA`; without it METEOR is reported as
-  null with a note, and the other metrics are still computed.
+* Predictions are WordPiece output joined into words ("the rspca has said ."). `unilm_fix_tokenization`
+  re-joins what WordPiece split apart, with the rules of UniLM's `fix_tokenization` for the task
+  (unilm-v1 `qg/eval.py`, s2s-ft `evaluations/eval_for_xsum.py` / `eval_for_cnndm.py`); see its docstring.
+* Summarisation ROUGE: Google's `rouge-score`, Porter stemming, F1 averaged over examples, x100 (the papers used
+  pyrouge / ROUGE-1.5.5, so absolute numbers differ slightly).
+* QG follows Du et al. (2017)'s evaluation (`qgevalcap`, coco-caption's scorers), which UniLM and MiniLM report:
+  references are grouped per source sentence (every question asked about the same sentence is a reference), and
+  the prediction of the last pair of a group is scored against them.
+  - BLEU-4 is corpus level (clipped n-gram counts and lengths summed over groups, brevity penalty against the
+    reference closest in length).
+  - ROUGE-L (`rougeL`) is coco-caption's: whitespace tokens, no stemming, precision and recall each maximised
+    over the references, F with beta = 1.2, averaged over groups (`coco_rouge_l`). rouge-score's ROUGE-L (F1,
+    stemming, best F over references) is kept as `rougeL_rouge_score`; the two differ by several points.
+  - METEOR is nltk's (WordNet synonyms, Porter stems), averaged over groups; the papers used the Java METEOR
+    1.5, so absolute numbers differ slightly. METEOR needs WordNet: the folder `../shared/data/nltk_data`
+    (nltk layout), `--nltk_data`, or `NLTK_DATA`; without it METEOR is reported as null with a note, and the
+    other metrics are still computed.
 """
 from __future__ import annotations
 
@@ -27,80 +32,118 @@ from kdcore.cli import UserError
 
 logger = logging.getLogger("kd.nlg_metrics")
 
-PTB_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+# Single tokens the evaluation scripts replace before scoring. QG: PTB brackets as in Du et al.'s references, and
+# the HTML escapes / unknown-word spelling of those references. CNN/DM: upper-case PTB brackets. XSum: none.
+QG_TOKEN_MAP = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-",
+                "[UNK]": "UNK", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
+CNNDM_TOKEN_MAP = {"(": "-LRB-", ")": "-RRB-", "[": "-LSB-", "]": "-RSB-", "{": "-LCB-", "}": "-RCB-"}
+# task -> (token map, PTB quotes ``/'' and `/', hyphen joining)
+DETOKENIZATION_RULES = {
+    "qg": (QG_TOKEN_MAP, True, True),
+    "cnndm": (CNNDM_TOKEN_MAP, True, True),
+    "summarization": ({}, False, False),  # XSum's script: no map, no quotes, no hyphen rule
+}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Post-processing
 # --------------------------------------------------------------------------------------------------------------
-def _number_like(word: str) -> bool:
-    return bool(word) and all(ch.isdigit() or ch == "," for ch in word) and any(ch.isdigit() for ch in word)
+def _digits_and_commas(word: str) -> bool:
+    # As the original's test: every character a digit or a comma (so "," itself and "" pass too).
+    return all(ch.isdigit() or ch == "," for ch in word)
 
 
-def ptb_fix_tokenization(text: str, ptb_brackets_and_quotes: bool = False) -> str:
-    """Undo WordPiece's splitting of PTB tokens in a whitespace-separated prediction (see module docstring)."""
+def _single_upper(word: str) -> bool:
+    return len(word) == 1 and word.isupper()
+
+
+def unilm_fix_tokenization(text: str, task: str = "summarization") -> str:
+    """UniLM's `fix_tokenization` for `task` ("qg", "cnndm", or "summarization" = XSum's), rule for rule.
+
+    Applied left to right to the whitespace tokens, first matching rule wins:
+      1. the task's token map (QG: "(" -> "-lrb-", "[UNK]" -> "UNK", "&" -> "&amp;", ...);
+      2. (QG, CNN/DM) '"' alternates between `` and '';
+      3. "X ' t" with X ending in n -> "X[:-1] n't" ("don ' t" -> "do n't");
+      4. "' s" / "' d" / "' ll" -> "'s" / "'d" / "'ll" (not 're, 've, 'm);
+      5. (QG, CNN/DM) any other "'" alternates between ` and ';
+      6. ". . ." -> "...";
+      7. "," between tokens made of digits and commas joins them ("3 , 000" -> "3,000");
+      8. "." between two digit tokens joins them ("3 . 5" -> "3.5");
+      9. "A . B ." with single UPPER-case letters -> "A.B." followed by "." again (the original advances two
+         tokens after joining three, so the closing period is emitted twice; its scan for longer runs never
+         matches). Lower-case output ("u . s .") is left alone: on uncased models the rule never fires;
+     10. (QG, CNN/DM) "- -" -> "--"; a "-" first or last stays; "a - b" with neither side punctuation joins
+         into "a-b" (the word after the hyphen is glued on); otherwise "-" stays.
+    QG predictions are lower-cased afterwards by the caller, as in the original.
+    """
+    if task not in DETOKENIZATION_RULES:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(DETOKENIZATION_RULES)}")
+    token_map, ptb_quotes, join_hyphens = DETOKENIZATION_RULES[task]
     toks = text.split()
-    out: list[str] = []
-    in_double, in_single = False, False
-    glue_next = False  # the previous token ended with a joining hyphen
-    i = 0
     n = len(toks)
+    out: list[str] = []
+    in_double = in_single = False
+    after_hyphen = False  # the previous token was a joining hyphen: glue the next word on
+    i = 0
     while i < n:
         tok = toks[i]
         nxt = toks[i + 1] if i + 1 < n else None
-        joined = False
-        if ptb_brackets_and_quotes and tok in PTB_BRACKETS:
-            out.append(PTB_BRACKETS[tok])
+        joined_hyphen = False
+        if tok in token_map:
+            out.append(token_map[tok])
             i += 1
-        elif ptb_brackets_and_quotes and tok == '"':
+        elif ptb_quotes and tok == '"':
             out.append("''" if in_double else "``")
             in_double = not in_double
             i += 1
         elif tok == "'" and out and out[-1].endswith("n") and nxt == "t":
-            out[-1] = out[-1][:-1]  # "don ' t" -> "do n't"
-            if not out[-1]:
-                out.pop()
+            out[-1] = out[-1][:-1]
             out.append("n't")
             i += 2
-        elif tok == "'" and nxt in ("s", "d", "ll", "re", "ve", "m"):
+        elif tok == "'" and nxt in ("s", "d", "ll"):
             out.append("'" + nxt)
             i += 2
-        elif tok == "'" and ptb_brackets_and_quotes:
+        elif ptb_quotes and tok == "'":
             out.append("'" if in_single else "`")
             in_single = not in_single
             i += 1
-        elif tok == "." and nxt == "." and i + 2 < n and toks[i + 2] == ".":
+        elif tok == "." and i + 2 < n and toks[i + 1] == "." and toks[i + 2] == ".":
             out.append("...")
             i += 3
-        elif tok == "," and out and _number_like(out[-1]) and nxt is not None and nxt.isdigit():
-            out[-1] += "," + nxt  # "3 , 000" -> "3,000"
+        elif tok == "," and out and _digits_and_commas(out[-1]) and nxt is not None and _digits_and_commas(nxt):
+            out[-1] += "," + nxt
             i += 2
         elif tok == "." and out and out[-1].isdigit() and nxt is not None and nxt.isdigit():
-            out[-1] += "." + nxt  # "3 . 03" -> "3.03"
+            out[-1] += "." + nxt
             i += 2
-        elif (tok == "." and out and len(out[-1]) == 1 and out[-1].isalpha() and nxt is not None
-              and len(nxt) == 1 and nxt.isalpha() and i + 2 < n and toks[i + 2] == "."):
-            # "u . s ." -> "u.s." (any run of single letters each followed by a period)
-            k = i
-            while k + 2 < n and len(toks[k + 1]) == 1 and toks[k + 1].isalpha() and toks[k + 2] == ".":
-                k += 2
-            out[-1] += "".join(toks[i:k + 1])
-            i = k + 1
-        elif tok == "-" and nxt == "-":
-            out.append("--")
+        elif (tok == "." and out and _single_upper(out[-1]) and i + 2 < n and _single_upper(toks[i + 1])
+              and toks[i + 2] == "."):
+            end = i + 3
+            while end + 2 < n and _single_upper(toks[end + 1]) and toks[end + 2] == ".":
+                end += 2
+            out[-1] += "".join(toks[i:end])
             i += 2
-        elif (tok == "-" and out and nxt is not None and out[-1] not in string.punctuation
-              and nxt[0] not in string.punctuation):
-            out[-1] += "-"  # "well - known" -> "well-known"
-            joined = True
-            i += 1
-        elif glue_next and out and tok[0] not in string.punctuation:
+        elif join_hyphens and tok == "-":
+            if nxt == "-":
+                out.append("--")
+                i += 2
+            elif i == 0 or nxt is None:
+                out.append("-")
+                i += 1
+            elif out[-1] not in string.punctuation and nxt[0] not in string.punctuation:
+                out[-1] += "-"  # substring test, as the original: "" and runs like "!\"" count as punctuation
+                joined_hyphen = True
+                i += 1
+            else:
+                out.append("-")
+                i += 1
+        elif after_hyphen and out and tok[0] not in string.punctuation:
             out[-1] += tok
             i += 1
         else:
             out.append(tok)
             i += 1
-        glue_next = joined
+        after_hyphen = joined_hyphen
     return " ".join(out)
 
 
@@ -108,7 +151,7 @@ def ptb_fix_tokenization(text: str, ptb_brackets_and_quotes: bool = False) -> st
 # Metrics
 # --------------------------------------------------------------------------------------------------------------
 def rouge_scores(predictions: list[str], references: list[list[str]] | list[str]) -> dict:
-    """ROUGE-1/2/L F1 x100 (rouge-score, Porter stemming), averaged; several references: the best one counts."""
+    """ROUGE-1/2/L F1 x100 (rouge-score, Porter stemming), averaged; several references: the best F counts."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
@@ -120,6 +163,42 @@ def rouge_scores(predictions: list[str], references: list[list[str]] | list[str]
             totals[key] += scores[key].fmeasure
     count = max(1, len(predictions))
     return {key: 100.0 * value / count for key, value in totals.items()}
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence of two token lists (dynamic programming, O(|a| |b|))."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def coco_rouge_l(candidate: str, references: list[str], beta: float = 1.2) -> float:
+    """coco-caption's ROUGE-L of one candidate (the QG papers' ROUGE-L), in [0, 1].
+
+        P = max_r LCS(c, r) / |c|,   R = max_r LCS(c, r) / |r|     (each maximised over the references alone)
+        ROUGE-L = (1 + beta^2) P R / (R + beta^2 P),   beta = 1.2;   0 when P or R is 0
+
+    Tokens are the whitespace-separated words as given: no stemming, no lower-casing, punctuation counts.
+    """
+    cand = candidate.split()
+    if not cand or not references:
+        return 0.0
+    precision = recall = 0.0
+    for ref in references:
+        ref_tokens = ref.split()
+        if not ref_tokens:
+            continue
+        lcs = lcs_length(ref_tokens, cand)
+        precision = max(precision, lcs / len(cand))
+        recall = max(recall, lcs / len(ref_tokens))
+    if precision == 0.0 or recall == 0.0:
+        return 0.0
+    b2 = beta * beta
+    return (1 + b2) * precision * recall / (recall + b2 * precision)
 
 
 def _ngrams(tokens: list[str], n: int) -> Counter:
@@ -197,16 +276,18 @@ def group_by_source(predictions: list[str], references: list[str], sources: list
     return list(groups.values())
 
 
-def score_summarization(predictions: list[str], references: list[str]) -> dict:
-    preds = [ptb_fix_tokenization(p) for p in predictions]
-    out = {"task": "summarization", "count": len(preds)}
+def score_summarization(predictions: list[str], references: list[str], task: str = "summarization") -> dict:
+    """ROUGE-1/2/L (rouge-score) of predictions post-processed with `task`'s rules (XSum's, or "cnndm")."""
+    preds = [unilm_fix_tokenization(p, task) for p in predictions]
+    out = {"task": task, "count": len(preds)}
     out.update(rouge_scores(preds, references))
     return out
 
 
 def score_question_generation(predictions: list[str], references: list[str], sources: list[str],
                               nltk_data: str | None = None) -> dict:
-    preds = [ptb_fix_tokenization(p, ptb_brackets_and_quotes=True).lower() for p in predictions]
+    """BLEU-4, METEOR and ROUGE-L as Du et al.'s / UniLM's QG evaluation (see the module docstring)."""
+    preds = [unilm_fix_tokenization(p, "qg").lower() for p in predictions]
     refs = [r.strip().lower() for r in references]
     groups = group_by_source(preds, refs, sources)
     hyp_tokens = [g["pred"].split() for g in groups]
@@ -222,7 +303,8 @@ def score_question_generation(predictions: list[str], references: list[str], sou
     else:
         out["meteor"] = meteor(hyp_tokens, ref_tokens)
         out["wordnet"] = wordnet
-    out["rougeL"] = rouge_scores([g["pred"] for g in groups], [g["refs"] for g in groups])["rougeL"]
+    out["rougeL"] = 100.0 * sum(coco_rouge_l(g["pred"], g["refs"]) for g in groups) / max(1, len(groups))
+    out["rougeL_rouge_score"] = rouge_scores([g["pred"] for g in groups], [g["refs"] for g in groups])["rougeL"]
     return out
 
 
@@ -270,7 +352,7 @@ def score_files(pred_file: str, gold_file: str, task: str, src_file: str | None 
                             "\"src\", or --src_file with one source a line")
         result = score_question_generation(preds, refs, srcs, nltk_data)
     else:
-        result = score_summarization(preds, refs)
+        result = score_summarization(preds, refs, "cnndm" if task == "cnndm" else "summarization")
     result.update({"pred": os.path.abspath(pred_file), "gold": os.path.abspath(gold_file)})
     return result
 
@@ -279,7 +361,7 @@ def run(args) -> dict:
     """eval_seq2seq.py: score --pred against --gold, write --output_json (default <pred>.scores.json)."""
     from kdcore.modeling import atomic_write_json
 
-    task = "qg" if args.task == "qg" else "summarization"
+    task = args.task if args.task in ("qg", "cnndm") else "summarization"  # xsum: XSum's rules
     scores = score_files(args.pred, args.gold, task, src_file=args.src_file, nltk_data=args.nltk_data)
     atomic_write_json(scores, args.output_json or args.pred + ".scores.json")
     print(json.dumps(scores, indent=2))

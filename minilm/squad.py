@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from kdcore import model_card
 from kdcore.cli import UserError, read_json_file
 
 logger = logging.getLogger("kd")
@@ -497,7 +498,7 @@ def evaluate_model(model, eval_data: SquadEvalData, tokenizer, args, rt, out_dir
     from kdcore.modeling import atomic_write_json
 
     from kdcore.finetune import pad_collate
-    from .squad_metrics import evaluate_v1, evaluate_v2
+    from .squad_metrics import evaluate_v1, squad_v2_report
 
     model = model.to(rt.device)
     collate = lambda items: pad_collate(items, tokenizer.pad_token_id)  # noqa: E731
@@ -507,10 +508,9 @@ def evaluate_model(model, eval_data: SquadEvalData, tokenizer, args, rt, out_dir
                                     args.max_answer_length, args.version_2_with_negative,
                                     args.null_score_diff_threshold)
     if args.version_2_with_negative:
-        # The best non-null answers scored with the null odds: the official v2.0 script run with
-        # --na-prob-file null_odds.json --na-prob-thresh <threshold>; exact/f1 equal those of predictions.json.
-        metrics = evaluate_v2(eval_data.data, preds.best_non_null, na_probs=preds.null_odds,
-                              na_prob_thresh=args.null_score_diff_threshold)
+        # Official figures of the files written below, plus the toolkit's search over the best non-null answers.
+        metrics = squad_v2_report(eval_data.data, preds.predictions, preds.null_odds, preds.best_non_null,
+                                  args.null_score_diff_threshold)
     else:
         metrics = evaluate_v1(eval_data.data, preds.predictions, lang=args.mlqa_language)
     os.makedirs(out_dir, exist_ok=True)
@@ -586,5 +586,6 @@ def run(args) -> dict | None:
         "results": results,
     }
     atomic_write_json(report, os.path.join(args.output_dir, "eval_results.json"))
+    model_card.note_results(report, args.output_dir)
     rt.barrier()
     return report

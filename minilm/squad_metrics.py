@@ -6,6 +6,12 @@
 * `evaluate_v2`  – the official SQuAD v2.0 `evaluate-v2.0.py`: exact / F1 with the HasAns / NoAns breakdown,
   the no-answer threshold applied to `na_probs`, and the best-threshold search (best_exact, best_exact_thresh,
   best_f1, best_f1_thresh) over `na_probs`.
+* `squad_v2_report` – what run_squad.py reports for SQuAD 2.0: the official figures of `predictions.json` +
+  `null_odds.json` under the official names (exactly `evaluate-v2.0.py dev-v2.0.json predictions.json
+  --na-prob-file null_odds.json --na-prob-thresh T`), plus the toolkit's own search under its own names
+  (`best_non_null_exact`, ...). The official search can only admit the answers written in `predictions.json`, where
+  every question above the threshold already says "" (admitting it gains nothing); the toolkit's search admits
+  each question's best non-null answer, which is what a threshold chosen on dev would actually change.
 
 Normalisation (SQuAD): lower case, drop ASCII punctuation (`string.punctuation`), drop the articles
 a/an/the, collapse whitespace. Tokens are the whitespace-split normalised answer.
@@ -279,4 +285,24 @@ def evaluate_v2(dataset: list, preds: dict, na_probs: dict | None = None, na_pro
         best_exact, exact_t = find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans)
         best_f1, f1_t = find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans)
         out.update(best_exact=best_exact, best_exact_thresh=exact_t, best_f1=best_f1, best_f1_thresh=f1_t)
+    return out
+
+
+def best_non_null_search(dataset: list, best_non_null: dict, na_probs: dict) -> dict:
+    """The official best-threshold search run on each question's best non-null answer (not on predictions.json):
+    {"best_non_null_exact", "best_non_null_exact_thresh", "best_non_null_f1", "best_non_null_f1_thresh"}."""
+    qid_to_has_ans = make_qid_to_has_ans(dataset)
+    exact_raw, f1_raw = get_raw_scores(dataset, best_non_null)
+    best_exact, exact_t = find_best_thresh(best_non_null, exact_raw, na_probs, qid_to_has_ans)
+    best_f1, f1_t = find_best_thresh(best_non_null, f1_raw, na_probs, qid_to_has_ans)
+    return {"best_non_null_exact": best_exact, "best_non_null_exact_thresh": exact_t,
+            "best_non_null_f1": best_f1, "best_non_null_f1_thresh": f1_t}
+
+
+def squad_v2_report(dataset: list, predictions: dict, null_odds: dict, best_non_null: dict,
+                    null_score_diff_threshold: float) -> dict:
+    """SQuAD 2.0 results as run_squad.py writes them (see the module docstring): `evaluate_v2` of the
+    predictions.json content with the null odds as no-answer probabilities, plus `best_non_null_search`."""
+    out = evaluate_v2(dataset, predictions, na_probs=null_odds, na_prob_thresh=null_score_diff_threshold)
+    out.update(best_non_null_search(dataset, best_non_null, null_odds))
     return out

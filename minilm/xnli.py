@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kdcore import model_card
 from kdcore.cli import UserError
 
 logger = logging.getLogger("kd")
@@ -267,5 +268,6 @@ def run(args) -> dict | None:
                           "on dev (the set the checkpoint was selected on)")
         logger.warning(report["note"])
     atomic_write_json(report, os.path.join(args.output_dir, "eval_results.json"))
+    model_card.note_results(report, args.output_dir)
     rt.barrier()
     return report

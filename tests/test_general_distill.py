@@ -224,6 +224,41 @@ def test_distillation_from_packaged_teacher_lowers_every_term(tmp_path, packaged
         h = model(**tokenizer(["distillation works"], return_tensors="pt")).last_hidden_state
     assert torch.isfinite(h).all()
     assert os.path.isfile(os.path.join(out, "fit_dense.safetensors")) == (method == "tinybert")
+    _check_model_card(out, packaged_teacher, wiki_data, method, terms)
+
+
+def _check_model_card(out, teacher, data, method, terms):
+    """The folder says what it is: teacher, method, steps, final losses, inputs, and a command that re-makes it."""
+    import hashlib
+
+    from kdcore.model_card import read_front_matter
+
+    meta = read_front_matter(out)
+    assert meta["base_model"] == teacher and meta["library_name"] == "transformers"
+    assert method in meta["tags"] and "knowledge-distillation" in meta["tags"]
+    assert meta["datasets"] == [os.path.basename(os.path.normpath(data))]
+    facts = json.load(open(os.path.join(out, "training_args.json")))
+    assert facts["script"] == "general_distill.py" and facts["method"] == method
+    assert facts["global_step"] == 16 and facts["args"]["teacher_model"] == teacher
+    last = [r for r in map(json.loads, open(os.path.join(out, "train_log.jsonl"))) if "loss" in r][-1]
+    for term in ("loss", *terms):  # logging every step: the final terms are the last logged ones
+        assert facts["final_losses"][term] == pytest.approx(last[term])
+    # the pregenerated data is identified by its content: file names and SHA-256 of each file, in order
+    (item,) = [i for i in facts["inputs"] if i["argument"] == "--pregenerated_data"]
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(data)):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(open(os.path.join(data, name), "rb").read()).digest())
+    assert item["sha256"] == digest.hexdigest() and item["bytes"] == sum(
+        os.path.getsize(os.path.join(data, n)) for n in os.listdir(data))
+    # the recorded command parses back to the same arguments
+    import general_distill
+
+    again = vars(general_distill.build_parser().parse_args(facts["command"][1:]))
+    assert {k: v for k, v in again.items() if k != "config"} == {
+        k: v for k, v in facts["args"].items() if k != "config"}
+    card = open(os.path.join(out, "README.md")).read()
+    assert f"distilled from `{teacher}`" in card and "| training steps | 16 |" in card
+    assert all(f"{t} {facts['final_losses'][t]:.4g}" in card for t in terms)
 
 
 def test_teacher_assistant_chain_and_continue_train(tmp_path, packaged_teacher, wiki_data):

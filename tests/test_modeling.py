@@ -91,6 +91,33 @@ def test_build_student_follows_teacher_and_saves_loadable_folder(tmp_path, bert_
     assert sorted(os.listdir(tmp_path)) == ["student"]
 
 
+def test_model_card_describes_only_folders_of_its_own_run(tmp_path, bert_tokenizer):
+    """A run's record never leaks into a folder outside its --output_dir (e.g. another test's save)."""
+    import argparse
+
+    from transformers import BertConfig, BertModel
+
+    from kdcore.cli import parse_args
+    from kdcore.model_card import read_front_matter
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--teacher_model")
+    parser.add_argument("--output_dir")
+    parse_args(parser, ["--teacher_model", "T", "--output_dir", str(tmp_path / "run")])
+    model = BertModel(BertConfig(vocab_size=len(bert_tokenizer), hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=64))
+    save_model(model, str(tmp_path / "run" / "checkpoint-1"), bert_tokenizer)
+    save_model(model, str(tmp_path / "elsewhere"), bert_tokenizer)
+    inside = json.load(open(tmp_path / "run" / "checkpoint-1" / "training_args.json"))
+    outside = json.load(open(tmp_path / "elsewhere" / "training_args.json"))
+    assert inside["args"]["teacher_model"] == "T" and inside["script"] == "test_modeling.py"
+    assert read_front_matter(tmp_path / "run" / "checkpoint-1")["base_model"] == "T"
+    assert "args" not in outside and "outside a recorded run" in outside["note"]
+    assert "base_model" not in read_front_matter(tmp_path / "elsewhere")
+    reloaded, info = AutoModel.from_pretrained(tmp_path / "elsewhere", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
 def test_bad_configs_are_user_errors(tmp_path, bert_tokenizer, packaged_teacher):
     teacher = load_teacher(packaged_teacher)
     bad = tmp_path / "bad.json"

@@ -12,12 +12,14 @@ from transformers import BertConfig, BertForMaskedLM, XLMRobertaConfig, XLMRober
 from kdcore.cli import UserError
 from minilm.beam_search import CachedStepper, RecomputeStepper, SearchConfig, beam_search, repeated_ngram_mask
 from minilm.nlg_metrics import (
+    coco_rouge_l,
     corpus_bleu,
     group_by_source,
-    ptb_fix_tokenization,
+    lcs_length,
     rouge_scores,
     score_files,
     score_question_generation,
+    unilm_fix_tokenization,
 )
 from minilm.seq2seq_data import (
     Seq2SeqTrainDataset,
@@ -397,12 +399,51 @@ def test_train_items_truncate_add_specials_and_noise(bert_tokenizer):
 # --------------------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------------------
-def test_ptb_fix_tokenization():
-    assert ptb_fix_tokenization("he don ' t like the u . s . it ' s 3 , 000 or 3 . 5 . . .") == \
-        "he do n't like the u.s. it 's 3,000 or 3.5 ..."
-    assert ptb_fix_tokenization("a well - known ( big ) \" idea \"", ptb_brackets_and_quotes=True) == \
-        "a well-known -lrb- big -rrb- `` idea ''"
-    assert ptb_fix_tokenization("15 -- 1 record") == "15 -- 1 record"
+def test_unilm_fix_tokenization_rules():
+    # XSum's rules (summarisation): contractions, numbers, "..."; no hyphen joining, no quotes, no brackets
+    assert unilm_fix_tokenization("he don ' t like the u . s . it ' s 3 , 000 , 000 or 3 . 5 . . .") == \
+        "he do n't like the u . s . it 's 3,000,000 or 3.5 ..."  # lower-case "u . s ." is never joined
+    assert unilm_fix_tokenization('a well - known ( big ) " idea "') == 'a well - known ( big ) " idea "'
+    assert unilm_fix_tokenization("we ' re here") == "we ' re here"  # only 's, 'd, 'll are joined
+    # QG (unilm-v1 qg/eval.py): PTB brackets and quotes, HTML escapes, [UNK], hyphen joining
+    assert unilm_fix_tokenization('a well - known ( big ) " idea "', "qg") == "a well-known -lrb- big -rrb- `` idea ''"
+    assert unilm_fix_tokenization("[UNK] & co ' re < 3", "qg") == "UNK &amp; co ` re &lt; 3"
+    assert unilm_fix_tokenization("- a - - b - ,", "qg") == "- a -- b - ,"
+    assert unilm_fix_tokenization("15 -- 1 record", "qg") == "15 -- 1 record"
+    # the upper-case rule as the original runs it: joins "U . S ." and emits the closing period once more
+    for task in ("qg", "summarization"):
+        assert unilm_fix_tokenization("the U . S . army", task) == "the U.S. . army"
+    # CNN/DM: upper-case PTB brackets
+    assert unilm_fix_tokenization("( a ) well - off", "cnndm") == "-LRB- a -RRB- well-off"
+
+
+def test_coco_rouge_l_by_hand():
+    assert lcs_length("a b c d".split(), "a x c d b".split()) == 3
+    # one reference: LCS("a b c d", "a b x") = 2, P = 2/4, R = 2/3, F_beta with beta = 1.2
+    p, r, b2 = 2 / 4, 2 / 3, 1.2 ** 2
+    assert coco_rouge_l("a b c d", ["a b x"]) == pytest.approx((1 + b2) * p * r / (r + b2 * p))
+    # P and R are maximised over the references separately: P = 1 from the long reference, R = 1 from the short
+    # one, so coco-caption gives 1.0 where rouge-score's best single-reference F1 is lower
+    cand = "what is the capital of france ?"
+    refs = ["what is the capital ?", "what is the capital city of france today ?"]
+    assert coco_rouge_l(cand, refs) == pytest.approx(1.0)
+    # rouge-score drops "?": ref1 P 4/6 R 1 -> F 0.8; ref2 LCS 6 of 8 -> P 1 R 3/4 -> F 6/7 (the best)
+    assert rouge_scores([cand], [refs])["rougeL"] == pytest.approx(100 * 6 / 7)
+    # no stemming, case and punctuation count
+    assert coco_rouge_l("cats run", ["cat runs"]) == 0.0
+    assert coco_rouge_l("", ["a"]) == 0.0
+
+
+def test_qg_rouge_l_is_coco_caption_averaged_over_groups(tmp_path):
+    srcs = ["s1", "s1", "s2"]
+    refs = ["what is the capital ?", "what is the capital city of france today ?", "who wrote it ?"]
+    preds = ["x", "What is the capital of France ?", "who wrote the book ?"]  # the last of each group counts
+    out = score_question_generation(preds, refs, srcs, nltk_data=str(tmp_path))
+    # group s1 (lower-cased prediction): 1.0 (above); group s2: LCS 3 ("who wrote ?"), P 3/5, R 3/4
+    p, r, b2 = 3 / 5, 3 / 4, 1.44
+    want = 100 * (1.0 + (1 + b2) * p * r / (r + b2 * p)) / 2
+    assert out["rougeL"] == pytest.approx(want)
+    assert out["rougeL_rouge_score"] == pytest.approx(100 * (6 / 7 + 2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3)) / 2)
 
 
 def test_rouge_hand_computed():

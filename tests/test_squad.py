@@ -182,11 +182,22 @@ def test_squad_v2_train_eval_all_checkpoints_and_reload(tmp_path, squad_dir, tin
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved == json.loads(json.dumps(report))
     for key in ("exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",
-                "NoAns_total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"):
+                "NoAns_total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh",
+                "best_non_null_exact", "best_non_null_exact_thresh", "best_non_null_f1", "best_non_null_f1_thresh"):
         assert key in saved, key
     assert saved["total"] == 60 and saved["HasAns_total"] + saved["NoAns_total"] == 60
     assert list(saved["results"]) == ["checkpoint-10", "checkpoint-20", "checkpoint-" + str(_last_step(out)), "final"]
     assert (out / "checkpoint-10" / "predictions.json").is_file()
+    # model cards: every checkpoint has one; the final one carries the official figures as Hub metrics
+    from kdcore.model_card import read_front_matter
+
+    assert read_front_matter(out / "checkpoint-10")["datasets"] == ["squad_v2"]
+    meta = read_front_matter(out)
+    assert meta["base_model"] == str(tiny_qa_dir) and meta["pipeline_tag"] == "question-answering"
+    values = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert values["exact"] == pytest.approx(saved["exact"]) and values["best_non_null_f1"] == pytest.approx(
+        saved["best_non_null_f1"])
+    assert "total" not in values and "best_f1_thresh" not in values
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"]
 
@@ -201,12 +212,16 @@ def test_squad_v2_train_eval_all_checkpoints_and_reload(tmp_path, squad_dir, tin
     for qid, text in preds.items():
         assert text in contexts[qid]
         assert (text == "") == (null_odds[qid] > 0.0)
-    rescored = evaluate_v2(data, preds, na_probs=null_odds, na_prob_thresh=0.0)
-    assert rescored["exact"] == pytest.approx(saved["exact"]) and rescored["f1"] == pytest.approx(saved["f1"])
+    # The official figures are evaluate-v2.0.py's on the files: predictions.json --na-prob-file null_odds.json.
+    official = evaluate_v2(data, preds, na_probs=null_odds, na_prob_thresh=0.0)
+    for key in ("exact", "f1", "HasAns_exact", "NoAns_f1", "best_exact", "best_exact_thresh", "best_f1",
+                "best_f1_thresh"):
+        assert official[key] == pytest.approx(saved[key]), key
+    # The toolkit's search is the same search run on the best non-null answers of nbest_predictions.json.
     best_non_null = {q: next((x["text"] for x in nbest[q] if x["text"]), "") for q in preds}
-    rescored = evaluate_v2(data, best_non_null, na_probs=null_odds, na_prob_thresh=0.0)
+    searched = evaluate_v2(data, best_non_null, na_probs=null_odds, na_prob_thresh=0.0)
     for key in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"):
-        assert rescored[key] == pytest.approx(saved[key]), key
+        assert searched[key] == pytest.approx(saved["best_non_null_" + key[len("best_"):]]), key
 
     # The saved final model reloads and gives the same answers.
     again = _run(["--model_name_or_path", out, "--output_dir", tmp_path / "reeval", "--do_eval", *common])

@@ -5,6 +5,7 @@ from minilm.squad_metrics import (
     compute_f1,
     evaluate_v1,
     evaluate_v2,
+    squad_v2_report,
     f1_score,
     normalize_answer,
     normalize_answer_mlqa,
@@ -86,6 +87,34 @@ def test_v2_thresholded_predictions_score_the_same():
     b = evaluate_v2(V2_DATA, thresholded, na_probs=V2_NULL_ODDS, na_prob_thresh=0.0)
     for key in ("exact", "f1", "HasAns_exact", "NoAns_exact"):
         assert a[key] == pytest.approx(b[key])
+
+
+def test_v2_report_official_figures_of_the_files_and_the_toolkit_search_by_hand():
+    # predictions.json at threshold 0: "Paris" for h1, "" everywhere else.
+    written = {q: "" if V2_NULL_ODDS[q] > 0.0 else p for q, p in V2_PREDS.items()}
+    out = squad_v2_report(V2_DATA, written, V2_NULL_ODDS, V2_PREDS, 0.0)
+    assert out["exact"] == pytest.approx(100 * 4 / 6) and out["f1"] == pytest.approx(100 * 4 / 6)
+    # Official search over predictions.json: start 3, h1 +1 -> 4 at -2.0; every other question's written answer
+    # is "" and adds 0 (h2 scores 0 against "blue whale"; n1, n3, n2 are right with "" either way).
+    assert out["best_exact"] == pytest.approx(100 * 4 / 6) and out["best_exact_thresh"] == -2.0
+    assert out["best_f1"] == pytest.approx(100 * 4 / 6) and out["best_f1_thresh"] == -2.0
+    # The toolkit's search admits the best non-null answers instead (worked out above): F1 4.667/6 at 0.5.
+    assert out["best_non_null_exact"] == pytest.approx(100 * 4 / 6) and out["best_non_null_exact_thresh"] == -2.0
+    assert out["best_non_null_f1"] == pytest.approx(100 * (4 + 2 / 3) / 6)
+    assert out["best_non_null_f1_thresh"] == 0.5
+
+
+def test_v2_report_toy_case_official_100_vs_search():
+    # q1 answerable, written "" (odds 0.5 > 0) although its best non-null answer is right; q2 unanswerable
+    # (odds 2.0); q3 answerable and right (odds -1). Official: EM 2/3; its search cannot gain (q1 is "" in the
+    # file). Searching the non-null answers: q3 +1, q1 +1 -> 3/3 at threshold 0.5, then q2 -1.
+    data = _dataset([("q1", ["Paris"]), ("q2", []), ("q3", ["Rome"])])
+    written = {"q1": "", "q2": "", "q3": "Rome"}
+    non_null = {"q1": "Paris", "q2": "London", "q3": "Rome"}
+    odds = {"q1": 0.5, "q2": 2.0, "q3": -1.0}
+    out = squad_v2_report(data, written, odds, non_null, 0.0)
+    assert out["exact"] == pytest.approx(200 / 3) and out["best_exact"] == pytest.approx(200 / 3)
+    assert out["best_non_null_exact"] == pytest.approx(100.0) and out["best_non_null_exact_thresh"] == 0.5
 
 
 def test_v2_without_null_odds_scores_raw_answers_and_reports_no_search():

@@ -1,4 +1,4 @@
-"""GLUE readers against the real files, metrics against sklearn/scipy, label order, bad input."""
+"""GLUE readers against the real files, metrics (scikit-learn / scipy) against their formulas, label order, bad input."""
 import os
 import subprocess
 import sys
@@ -83,26 +83,35 @@ def test_bad_rows_name_file_and_line(tmp_path):
         get_task("sst-3")
 
 
-def test_metrics_match_sklearn_and_scipy():
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef as sk_mcc
+def _average_ranks(x):
+    """1-based ranks, ties sharing their average rank (by hand, for the Spearman reference)."""
+    x = np.asarray(x, dtype=float)
+    return np.array([(x < v).sum() + ((x == v).sum() + 1) / 2 for v in x])
 
+
+def test_metrics_match_their_formulas():
     rng = np.random.default_rng(0)
     for _ in range(5):
         y = rng.integers(0, 2, 200)
         p = np.where(rng.random(200) < 0.7, y, 1 - y)
-        assert matthews_corrcoef(p, y) == pytest.approx(sk_mcc(y, p), abs=1e-12)
-        assert f1_binary(p, y) == pytest.approx(f1_score(y, p), abs=1e-12)
+        tp, tn = float(((p == 1) & (y == 1)).sum()), float(((p == 0) & (y == 0)).sum())
+        fp, fn = float(((p == 1) & (y == 0)).sum()), float(((p == 0) & (y == 1)).sum())
+        want_mcc = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        assert matthews_corrcoef(p, y) == pytest.approx(want_mcc, abs=1e-12)
+        assert f1_binary(p, y) == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
         r = compute_metrics(get_task("MRPC"), p, y)
-        assert r["acc"] == pytest.approx(accuracy_score(y, p))
+        assert r["acc"] == pytest.approx((tp + tn) / 200)
         assert r["acc_and_f1"] == pytest.approx((r["acc"] + r["f1"]) / 2)
         a = rng.integers(0, 6, 100).astype(float)  # many ties
         b = a + rng.normal(0, 1.5, 100)
-        assert pearson(a, b) == pytest.approx(pearsonr(a, b)[0], abs=1e-10)
-        assert spearman(a, b) == pytest.approx(spearmanr(a, b)[0], abs=1e-10)
+        assert pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-10)
+        assert spearman(a, b) == pytest.approx(np.corrcoef(_average_ranks(a), _average_ranks(b))[0, 1], abs=1e-10)
     # hand values: TP=2, TN=1, FP=1, FN=0 -> MCC = (2*1 - 1*0)/sqrt(3*2*2*1)
     assert matthews_corrcoef([1, 1, 1, 0], [1, 1, 0, 0]) == pytest.approx(2 / np.sqrt(12))
-    assert matthews_corrcoef([1, 1, 1], [0, 1, 0]) == 0.0  # a constant prediction: 0, as sklearn
+    assert matthews_corrcoef([1, 1, 1], [0, 1, 0]) == 0.0  # a constant prediction: 0
+    assert f1_binary([0, 0], [0, 0]) == 0.0  # no positive anywhere
+    assert pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == 0.0 and spearman([2.0, 2.0], [1.0, 3.0]) == 0.0
+    assert spearman([1.0, 2.0, 3.0], [10.0, 20.0, 15.0]) == pytest.approx(0.5)  # ranks 1,2,3 vs 1,3,2
     assert set(compute_metrics(get_task("cola"), [1], [1])) == {"mcc"}
     assert set(compute_metrics(get_task("sts-b"), [1.0, 2.0], [1.0, 3.0])) == {"pearson", "spearmanr", "corr"}
 

@@ -118,6 +118,68 @@ def test_stage2_loss_is_soft_ce_or_mse_to_the_teacher(task_name, num_labels):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_stage1_original_reduction_matches_tinyberts_computation():
+    """--loss_reduction original: plain means over the padded batch, as TinyBERT's code (scores of padded keys get
+    the additive mask -10000 and every score <= -100 is then set to 0 in both models)."""
+    teacher, student = _pair_models(2)
+    objective = TinyBertIntermediateObjective(teacher, student, reduction="original").eval()
+    batch = _batch()
+    with torch.no_grad():
+        out = objective(**batch)
+        s = student.bert(**batch, output_hidden_states=True).hidden_states
+        t = teacher.bert(**batch, output_hidden_states=True).hidden_states
+        key_pad = (1.0 - batch["attention_mask"].float())[:, None, None, :] * -10000.0
+
+        def hid(sh, th):  # every (example, position, unit), padding included
+            diff = objective.fit_dense(sh) - th
+            return (diff ** 2).sum() / diff.numel()
+
+        emb = hid(s[0], t[0])
+        hidden = hid(s[1], t[2]) + hid(s[2], t[4])
+        att = 0.0
+        for s_layer, t_layer in ((0, 1), (1, 3)):
+            a_s = _manual_scores(student, s[s_layer], s_layer, 4) + key_pad
+            a_t = _manual_scores(teacher, t[t_layer], t_layer, 4) + key_pad
+            a_s = torch.where(a_s <= -100, torch.zeros_like(a_s), a_s)
+            a_t = torch.where(a_t <= -100, torch.zeros_like(a_t), a_t)
+            att = att + ((a_s - a_t) ** 2).sum() / a_s.numel()  # B * H * T * T entries
+        default = TinyBertIntermediateObjective(teacher, student).eval()
+        default.fit_dense.load_state_dict(objective.fit_dense.state_dict())
+        real_only = default(**batch)
+    torch.testing.assert_close(out["embedding"], emb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["hidden"], hidden, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["attention"], att, rtol=1e-5, atol=1e-6)
+    # the batch has padding, so the two reductions give different numbers
+    assert not torch.allclose(out["attention"], real_only["attention"])
+
+
+@pytest.mark.parametrize("task_name,num_labels", [("SST-2", 2), ("STS-B", 1)])
+def test_stage2_original_options(task_name, num_labels):
+    teacher, student = _pair_models(num_labels)
+    kw = {"stsb_target": "gold"} if num_labels == 1 else {"loss_reduction": "original"}
+    objective = PredictionDistillObjective(teacher, student, get_task(task_name), temperature=2.0, **kw).eval()
+    batch = _batch()
+    labels = torch.tensor([4.0, 1.5, 0.0]) if num_labels == 1 else torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        got = objective(**batch, labels=labels)["loss"]
+        s = student(**batch).logits
+        t = teacher(**batch).logits
+    if num_labels == 1:  # --stsb_target gold: MSE to the gold scores
+        expected = sum((s[b, 0] - labels[b]) ** 2 for b in range(3)) / 3
+    else:  # original soft cross-entropy: averaged over the 3 x 2 (example, class) entries
+        p_t, log_p_s = torch.softmax(t / 2, -1), torch.log_softmax(s / 2, -1)
+        expected = -sum(p_t[b, c] * log_p_s[b, c] for b in range(3) for c in range(2)) / 6
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_stsb_target_gold_is_refused_for_classification(tmp_path, shared_data):
+    with pytest.raises(UserError, match="--stsb_target gold is for the regression task STS-B, not SST-2"):
+        task_distill.main(["--pred_distill", "--teacher_model", "T", "--student_model", STUDENT_CONFIG, "--task_name",
+                           "SST-2", "--data_dir", os.path.join(shared_data, "glue", "SST-2"), "--output_dir",
+                           str(tmp_path / "out"), "--stsb_target", "gold"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_head_count_mismatch_is_a_clear_error():
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -179,6 +241,17 @@ def test_glue_pipeline_on_real_slices(tmp_path, shared_data, base_teacher_dir, t
     assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 64
     assert student.config.id2label == teacher.config.id2label
     assert not os.path.exists(os.path.join(s2, "fit_dense.safetensors"))
+    # its model card describes the best checkpoint it holds: that step, and the reported result as a Hub metric
+    from kdcore.model_card import read_front_matter
+
+    card = _json(os.path.join(s2, "training_args.json"))
+    assert card["global_step"] == res2["global_step"] and card["results"][task.metric] == res2[task.metric]
+    assert card["args"]["pred_distill"] is True and card["inputs"][0]["path"] == os.path.abspath(data)
+    meta = read_front_matter(s2)
+    assert meta["base_model"] == teacher_dir and meta["datasets"] == [f"glue/{task_name}"]
+    assert {"tinybert", "task-distillation", "prediction-layer"} <= set(meta["tags"])
+    metrics = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics[task.metric] == pytest.approx(res2[task.metric])
 
     # 4) evaluation only: the saved model reproduces the reported numbers
     task_distill.main(["--do_eval", "--student_model", s2, "--task_name", task_name] + _common(data, ev))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcore import model_card
 from kdcore.batching import pad_batch
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.finetune import predict_batches
@@ -209,6 +210,7 @@ def write_results(result: dict, output_dir: str, name: str = "eval_results.json"
         return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else float(v)
 
     atomic_write_json({k: number(v) for k, v in result.items()}, path)
+    model_card.note_results(result, output_dir)
     for k in sorted(result):
         logger.info("  %s = %s", k, result[k])
     return path

@@ -163,57 +163,52 @@ def load_split(data_dir: str, task: GlueTask, split: str, aug_train: bool = Fals
 # --------------------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------------------
+# scikit-learn and scipy compute them, as GLUE's reference code (and HF's glue_compute_metrics) does.
 def accuracy(preds, labels) -> float:
-    preds, labels = np.asarray(preds), np.asarray(labels)
-    return float((preds == labels).mean())
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(np.asarray(labels), np.asarray(preds)))
 
 
 def f1_binary(preds, labels, positive=1) -> float:
     """F1 of the positive class: 2TP / (2TP + FP + FN) (0 when there is no positive anywhere)."""
-    preds, labels = np.asarray(preds), np.asarray(labels)
-    tp = float(((preds == positive) & (labels == positive)).sum())
-    fp = float(((preds == positive) & (labels != positive)).sum())
-    fn = float(((preds != positive) & (labels == positive)).sum())
-    denom = 2 * tp + fp + fn
-    return 2 * tp / denom if denom else 0.0
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(np.asarray(labels), np.asarray(preds), pos_label=positive, zero_division=0.0))
 
 
 def matthews_corrcoef(preds, labels) -> float:
-    """MCC = (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)); 0 when a marginal is empty (as sklearn)."""
-    preds, labels = np.asarray(preds), np.asarray(labels)
-    tp = float(((preds == 1) & (labels == 1)).sum())
-    tn = float(((preds != 1) & (labels != 1)).sum())
-    fp = float(((preds == 1) & (labels != 1)).sum())
-    fn = float(((preds != 1) & (labels == 1)).sum())
-    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return (tp * tn - fp * fn) / denom if denom else 0.0
+    """MCC = (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)); 0 when a marginal is empty."""
+    import warnings
+
+    from sklearn.metrics import matthews_corrcoef as mcc
+
+    with warnings.catch_warnings():  # one class only in a tiny eval set: sklearn warns, and returns 0 as stated
+        warnings.simplefilter("ignore", UserWarning)
+        return float(mcc(np.asarray(labels), np.asarray(preds)))
+
+
+def _constant(x) -> bool:
+    x = np.asarray(x, dtype=np.float64)
+    return len(x) < 2 or bool(np.all(x == x[0]))
 
 
 def pearson(x, y) -> float:
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((xc * xc).sum()) * float((yc * yc).sum()))
-    return float((xc * yc).sum() / denom) if denom else 0.0
+    """Pearson's r (scipy); 0 when either side is constant (scipy would return NaN with a warning)."""
+    from scipy.stats import pearsonr
 
-
-def _average_ranks(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0  # ties share their average rank
-        i = j + 1
-    return ranks
+    if _constant(x) or _constant(y):
+        return 0.0
+    return float(pearsonr(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))[0])
 
 
 def spearman(x, y) -> float:
-    """Pearson correlation of the (tie-averaged) ranks."""
-    return pearson(_average_ranks(x), _average_ranks(y))
+    """Spearman's rho (scipy): Pearson's r of the tie-averaged ranks; 0 when either side is constant."""
+    from scipy.stats import spearmanr
+
+    if _constant(x) or _constant(y):
+        return 0.0
+    return float(spearmanr(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))[0])
 
 
 def compute_metrics(task: GlueTask, preds, labels) -> dict[str, float]:

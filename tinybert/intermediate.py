@@ -9,8 +9,9 @@
 an explicit `--layer_map` (`kdcore.student_init.uniform_layer_map`).
 W is `fit_dense`, one trainable nn.Linear(student hidden, teacher hidden) shared by all layers (as in TinyBERT),
 sized from the two configs. Sums over layers as in the original. The formulas of each term are in
-`tinybert.losses`. Attention scores are rebuilt from the query/key projections captured by forward hooks, so both
-models keep their SDPA attention.
+`tinybert.losses`; `reduction="original"` (`--loss_reduction original`) uses TinyBERT's means over every padded
+position instead (`hidden_mse_original`, `attention_score_mse_original`). Attention scores are rebuilt from the
+query/key projections captured by forward hooks, so both models keep their SDPA attention.
 """
 from __future__ import annotations
 
@@ -29,9 +30,17 @@ from kdcore.objective import DistillObjective
 
 from kdcore.student_init import parse_layer_list
 
-from .losses import attention_score_mse, hidden_mse
+from .losses import attention_score_mse, attention_score_mse_original, hidden_mse, hidden_mse_original
 
 logger = logging.getLogger("kd")
+
+LOSS_REDUCTIONS = ("real_tokens", "original")  # the toolkit's default, TinyBERT's code
+# One definition for general distillation (a tinybert method option) and task distillation (task_distill.py).
+LOSS_REDUCTION = option(
+    "--loss_reduction", choices=list(LOSS_REDUCTIONS), default="real_tokens",
+    help="TinyBERT losses: means over real tokens only (default, unchanged by padding), or 'original': TinyBERT's "
+    "code, means over every padded position (the loss shrinks as padding grows) and, in task distillation stage 2, "
+    "a soft cross-entropy averaged over classes too")
 
 
 class TinyBertIntermediateObjective(DistillObjective):
@@ -41,10 +50,14 @@ class TinyBertIntermediateObjective(DistillObjective):
 
     TERMS = ("embedding", "hidden", "attention")
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, layer_map: str | None = None):
+    def __init__(self, teacher: nn.Module, student: nn.Module, reduction: str = "real_tokens",
+                 layer_map: str | None = None):
+        if reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"unknown loss reduction {reduction!r}; expected one of {LOSS_REDUCTIONS}")
         for model in (teacher, student):
             require_qk_attention(model.config, "tinybert")
         super().__init__(teacher, student)
+        self.reduction = reduction  # "real_tokens" (the toolkit's) or "original" (TinyBERT's code)
         # student layer i <- teacher_layers[i] (0-based)
         self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model, layer_map)
         self.fit_dense = build_fit_dense(student.config, teacher.config)
@@ -63,7 +76,8 @@ class TinyBertIntermediateObjective(DistillObjective):
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
         # `labels` (task distillation batches carry them) are not used by these losses.
         return intermediate_layer_losses(self.teacher.base_model, self.student.base_model, self.fit_dense,
-                                         self.teacher_layers, input_ids, attention_mask, token_type_ids)
+                                         self.teacher_layers, input_ids, attention_mask, token_type_ids,
+                                         reduction=self.reduction)
 
 
 def build_fit_dense(student_config, teacher_config) -> nn.Linear:
@@ -82,7 +96,7 @@ LAYER_MAP = option(
 
 
 def build_objective(args, teacher, student) -> TinyBertIntermediateObjective:
-    objective = TinyBertIntermediateObjective(teacher, student, args.layer_map)
+    objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction, layer_map=args.layer_map)
     if args.continue_train and objective.load_fit_dense(args.student_model):
         logger.info("continuing fit_dense from %s", args.student_model)
     return objective
@@ -92,7 +106,7 @@ METHOD = DistillMethod(
     name="tinybert",
     summary="embedding + hidden-state MSE (through fit_dense) + attention-score MSE on mapped layers (TinyBERT's "
     "general distillation; the default)",
-    options=(LAYER_MAP,),
+    options=(LOSS_REDUCTION, LAYER_MAP),
     build=build_objective,
 )
 
@@ -130,11 +144,19 @@ def check_layer_compatibility(teacher: nn.Module, student: nn.Module, layer_map:
 
 
 def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input_ids, attention_mask,
-                              token_type_ids=None) -> dict[str, torch.Tensor]:
+                              token_type_ids=None, reduction: str = "real_tokens") -> dict[str, torch.Tensor]:
     """{"loss": L_emb + L_hidden + L_att, "embedding", "hidden", "attention"} for one batch (see module docstring).
 
     `teacher` and `student` are bare encoders (pass `model.base_model` for models with a task head).
+    `reduction`: "real_tokens" (means over real tokens only) or "original" (TinyBERT's means over all positions).
     """
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; expected one of {LOSS_REDUCTIONS}")
+    if reduction == "original":
+        hidden_loss, attention_loss = hidden_mse_original, attention_score_mse_original
+    else:
+        hidden_loss = lambda s, t: hidden_mse(s, t, attention_mask)  # noqa: E731
+        attention_loss = lambda s, t: attention_score_mse(s, t, attention_mask)  # noqa: E731
     inputs = encoder_inputs(input_ids, attention_mask, token_type_ids, output_hidden_states=True)
     parts = ("query", "key")
     student_layers = list(range(len(teacher_layers)))
@@ -142,17 +164,13 @@ def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input
         t_hidden = teacher(**inputs).hidden_states
     with SelfAttentionCapture(student, student_layers, parts) as s_cap:
         s_hidden = student(**inputs).hidden_states
-    embedding = hidden_mse(fit_dense(s_hidden[0]), t_hidden[0], attention_mask)
+    embedding = hidden_loss(fit_dense(s_hidden[0]), t_hidden[0])
     # hidden_states[0] is the embedding output, so layer l's output is hidden_states[l + 1]
-    hidden = sum(
-        hidden_mse(fit_dense(s_hidden[s + 1]), t_hidden[t + 1], attention_mask)
-        for s, t in zip(student_layers, teacher_layers)
-    )
+    hidden = sum(hidden_loss(fit_dense(s_hidden[s + 1]), t_hidden[t + 1]) for s, t in zip(student_layers, teacher_layers))
     attention = sum(
-        attention_score_mse(
+        attention_loss(
             attention_scores(s_cap[s].query, s_cap[s].key, attention_mask),
             attention_scores(t_cap[t].query, t_cap[t].key, attention_mask),
-            attention_mask,
         )
         for s, t in zip(student_layers, teacher_layers)
     )

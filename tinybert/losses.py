@@ -1,8 +1,12 @@
 """TinyBERT's distillation losses (Jiao et al., 2020), as pure functions.
 
-Notation: B batch, T sequence length, H heads, D hidden size, m = attention_mask (B, T) with 1 for real tokens.
-Padded positions never contribute: every mean below is over real tokens (and real query/key pairs) only, so a
-loss does not change with the amount or the content of padding.
+Notation: B batch, T sequence length, H heads, D hidden size, C classes, m = attention_mask (B, T) with 1 for
+real tokens.
+
+The toolkit's default: padded positions never contribute, every mean is over real tokens (and real query/key
+pairs) only, so a loss does not change with the amount or the content of padding. The `*_original` functions
+reduce as TinyBERT's code did (`--loss_reduction original`): plain means over every position of the padded batch,
+so a loss shrinks as padding grows, and the soft cross-entropy is averaged over classes too.
 """
 from __future__ import annotations
 
@@ -73,6 +77,43 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return -(target * F.log_softmax(student_logits.float() / t, dim=-1)).sum(dim=-1).mean()
 
 
-def regression_mse(student_predictions: torch.Tensor, teacher_predictions: torch.Tensor) -> torch.Tensor:
-    """Prediction-layer loss for regression tasks (STS-B): L = mean_b (y^S_b - y^T_b)^2."""
-    return F.mse_loss(student_predictions.float().view(-1), teacher_predictions.float().view(-1))
+def hidden_mse_original(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """TinyBERT's hidden-state loss: MSE over every position, padding included.
+
+        L = (1 / (B * T * D)) * sum_{b,t,d} (W h^S_{b,t,d} - h^T_{b,t,d})^2
+    """
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(f"student {tuple(student_hidden.shape)} vs teacher {tuple(teacher_hidden.shape)}")
+    return F.mse_loss(student_hidden.float(), teacher_hidden.float())
+
+
+def attention_score_mse_original(student_scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+    """TinyBERT's attention loss: scores at or below -100 (the additive mask of padded keys) become 0 in each
+    model, then MSE over every (batch, head, query, key) entry, padded queries and keys included.
+
+        A' = A where A > -100, else 0;    L = (1 / (B * H * T * T)) * sum (A'^S - A'^T)^2
+    """
+    if student_scores.shape != teacher_scores.shape:
+        raise ValueError(f"attention shapes differ: student {tuple(student_scores.shape)} vs teacher "
+                         f"{tuple(teacher_scores.shape)}")
+    zero = torch.zeros((), device=student_scores.device)
+    s = student_scores.float()
+    t = teacher_scores.float()
+    return F.mse_loss(torch.where(s <= -1e2, zero, s), torch.where(t <= -1e2, zero, t))
+
+
+def soft_cross_entropy_original(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                                temperature: float = 1.0) -> torch.Tensor:
+    """TinyBERT's prediction-layer loss, averaged over classes as well as examples (= the default / C):
+
+        L = -(1 / (B * C)) * sum_b sum_c softmax(z^T_b / T)_c * log softmax(z^S_b / T)_c
+    """
+    t = temperature
+    target = torch.softmax(teacher_logits.float() / t, dim=-1)
+    return -(target * F.log_softmax(student_logits.float() / t, dim=-1)).mean()
+
+
+def regression_mse(student_predictions: torch.Tensor, target_predictions: torch.Tensor) -> torch.Tensor:
+    """Prediction-layer loss for regression tasks (STS-B): L = mean_b (y^S_b - y_b)^2, where y is the teacher's
+    score (the toolkit's default) or the gold score (TinyBERT's code, `--stsb_target gold`)."""
+    return F.mse_loss(student_predictions.float().view(-1), target_predictions.float().view(-1))

@@ -7,7 +7,9 @@ Stage 1 (intermediate layers, default): for student layer i and teacher layer g(
 with the embedding output e, layer outputs h, raw attention scores A = QK^T/sqrt(d) (padded positions
 excluded, see tinybert/losses.py) and W the trainable `fit_dense` (student width -> the teacher's width, read
 from the teacher's config). Stage 2 (`--pred_distill`): soft cross-entropy against the teacher's logits at
-temperature T; for STS-B (regression) the MSE to the teacher's score, not the gold label.
+temperature T; for STS-B (regression) the MSE to the teacher's score (`--stsb_target teacher`, default) or, as
+TinyBERT's code did, to the gold score (`--stsb_target gold`). `--loss_reduction original` reduces every term as
+TinyBERT's code did (means over all padded positions; soft cross-entropy also averaged over classes).
 
 Stage 1 is `tinybert.intermediate.TinyBertIntermediateObjective` (the general-distillation objective, reading
 the encoders of the two classifiers), stage 2 `PredictionDistillObjective`; both are `kdcore.objective.
@@ -33,23 +35,27 @@ from tinybert.classification import (
 )
 from tinybert.glue import GlueTask, get_task, label_order, load_split
 from tinybert.intermediate import TinyBertIntermediateObjective
-from tinybert.losses import regression_mse, soft_cross_entropy
+from tinybert.losses import regression_mse, soft_cross_entropy, soft_cross_entropy_original
 
 logger = logging.getLogger("kd.task_distill")
 
 
 class PredictionDistillObjective(DistillObjective):
     """Stage 2: the student's logits against the teacher's (soft cross-entropy at `temperature`; MSE for
-    regression tasks). With `teacher_logits` (N, C), the teacher's logits are read from it by each batch's
-    `example_index` instead of running the teacher (see kdcore/logit_cache.py)."""
+    regression tasks, to the teacher's score or, with stsb_target="gold", to the gold score). With `teacher_logits`
+    (N, C), the teacher's logits are read from it by each batch's `example_index` instead of running the teacher
+    (see kdcore/logit_cache.py)."""
 
     TERMS = ("cls_loss",)
 
     def __init__(self, teacher: nn.Module, student: nn.Module, task: GlueTask, temperature: float = 1.0,
+                 loss_reduction: str = "real_tokens", stsb_target: str = "teacher",
                  teacher_logits: torch.Tensor | None = None):
         super().__init__(teacher, student)
         self.task = task
         self.temperature = temperature
+        self.loss_reduction = loss_reduction  # "real_tokens" or TinyBERT's "original" (class-averaged soft CE)
+        self.regression_target = stsb_target  # "teacher" or "gold": what a regression student is fitted to
         self.teacher_logits = teacher_logits
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None, example_index=None):
@@ -61,7 +67,10 @@ class PredictionDistillObjective(DistillObjective):
             with torch.no_grad():
                 t_logits = self.teacher(**inputs).logits
         if self.task.labels is None:
-            loss = regression_mse(s_logits, t_logits)
+            target = labels if self.regression_target == "gold" else t_logits
+            loss = regression_mse(s_logits, target)
+        elif self.loss_reduction == "original":
+            loss = soft_cross_entropy_original(s_logits, t_logits, self.temperature)
         else:
             loss = soft_cross_entropy(s_logits, t_logits, self.temperature)
         return {"loss": loss, "cls_loss": loss.detach()}
@@ -134,6 +143,8 @@ def run_task_distill(args) -> dict:
 
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
+    if args.stsb_target == "gold" and task.labels is not None:
+        raise UserError(f"--stsb_target gold is for the regression task STS-B, not {task.name}")
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data_dir: no such folder: {args.data_dir}")
     ensure_writable_dir(args.output_dir)
@@ -199,9 +210,12 @@ def run_task_distill(args) -> dict:
                                             args.task_name, args.cache_dir or args.output_dir, args.eval_batch_size,
                                             rt.device)
         train_set = IndexedDataset(train_set)
-        objective = PredictionDistillObjective(teacher, student, task, args.temperature, teacher_logits)
+        objective = PredictionDistillObjective(teacher, student, task, args.temperature,
+                                               loss_reduction=args.loss_reduction, stsb_target=args.stsb_target,
+                                               teacher_logits=teacher_logits)
     else:
-        objective = TinyBertIntermediateObjective(teacher, student, args.layer_map)
+        objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction,
+                                                  layer_map=args.layer_map)
         # stage 1 keeps general distillation's projection when the student folder has one (as TinyBERT does)
         if student_is_folder and objective.load_fit_dense(args.student_model):
             logger.info("fit_dense loaded from %s (general distillation's projection)", args.student_model)
