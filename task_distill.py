@@ -18,6 +18,7 @@ import argparse
 
 from kdcore.cli import parse_args, run_main
 from kdcore.runtime import add_runtime_args
+from kdcore.student_init import add_student_init_args
 from tinybert.intermediate import LOSS_REDUCTION
 
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student_model", required=True,
                    help="student folder (general TinyBERT, or stage 1's output), or a student config JSON")
     p.add_argument("--task_name", required=True)
-    p.add_argument("--cache_dir", default="", help="accepted for compatibility; unused")
+    p.add_argument("--cache_dir", default="", help="where stage 2 caches the teacher's logits (default: --output_dir)")
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--do_eval", action="store_true", help="only evaluate --student_model on the dev set")
     p.add_argument("--do_predict", action="store_true", help="also write test-set predictions (GLUE submission format)")
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stsb_target", choices=["teacher", "gold"], default="teacher",
                    help="STS-B prediction-layer distillation regresses on the teacher's score (default) or, as "
                         "TinyBERT's code, on the gold score")
+    p.add_argument("--layer_map", default=None,
+                   help="stage 1: teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform, top "
+                   "layer kept (nearest uniform map when the depths do not divide)")
+    add_student_init_args(p)
     p.add_argument("--data_url", default="", help="accepted for compatibility (Huawei cloud); unused")
     p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--max_eval_examples", type=int, default=None, help="use only the first N dev examples")

@@ -27,6 +27,8 @@ from .modeling import build_student, load_teacher, load_tokenizer, read_model_co
 from .objective import DistillObjective
 from .pregenerated_data import PackedBlocks, PregeneratedCollator, PregeneratedTrainingData, is_packed
 from .runtime import Runtime, add_runtime_args
+from .sentence_embeddings import write_sentence_transformers_files
+from .student_init import add_student_init_args, apply_student_init
 from .trainer import train
 
 logger = logging.getLogger("kd")
@@ -98,6 +100,7 @@ def build_parser(methods: dict[str, DistillMethod], default_method: str = "tinyb
     parser.add_argument("--continue_train", action="store_true",
                         help="Start from the weights in the --student_model folder (and its trainable extras, e.g. "
                         "TinyBERT's fit_dense) instead of a random initialisation from its config.")
+    add_student_init_args(parser)
     group = parser.add_argument_group("method options")
     for opt, owners in _method_options(methods).values():
         kwargs = dict(opt.kwargs)
@@ -122,12 +125,14 @@ def check_method_options(args, methods: dict[str, DistillMethod]) -> None:
 
 
 def load_student(args, teacher, tokenizer):
-    """The student: random initialisation from a config (or a folder's config.json), or a folder's weights with
-    --continue_train."""
+    """The student: random initialisation from a config (or a folder's config.json), the teacher's own layers
+    (--student_init teacher_layers), or a folder's weights with --continue_train."""
     path = args.student_model
     has_weights = os.path.isdir(path) and any(
         os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin"))
     if args.continue_train:
+        if getattr(args, "student_init", "random") != "random":
+            raise UserError("--continue_train starts from the --student_model folder's weights; drop --student_init")
         if not has_weights:
             raise UserError(f"--continue_train: --student_model {path} is not a folder with model weights")
         return build_student(path, teacher.config, tokenizer)
@@ -136,7 +141,16 @@ def load_student(args, teacher, tokenizer):
             logger.info("--student_model %s: initialising from its config.json only (add --continue_train to start "
                         "from its weights)", path)
         path = os.path.join(path, "config.json")
-    return build_student(path, teacher.config, tokenizer)
+    student = build_student(path, teacher.config, tokenizer)
+    apply_student_init(args, student, teacher, getattr(args, "teacher_model", None))
+    return student
+
+
+def save_student(objective: DistillObjective, folder: str, tokenizer, teacher_model: str) -> None:
+    """The student folder (extras such as fit_dense beside it); a sentence-transformers folder like the teacher's
+    when the teacher is one."""
+    objective.save(folder, tokenizer)
+    write_sentence_transformers_files(teacher_model, folder, objective.student.config.hidden_size)
 
 
 def check_batch_args(args) -> None:
@@ -188,6 +202,6 @@ def distill(args, methods: dict[str, DistillMethod]):
         rt, args, objective, dataset, collate,
         batch_size=args.train_batch_size // args.gradient_accumulation_steps,
         num_train_epochs=args.num_train_epochs / epochs,  # epoch files: the dataset already spans every epoch
-        save_model_fn=lambda model, folder: model.save(folder, tokenizer),
+        save_model_fn=lambda model, folder: save_student(model, folder, tokenizer, args.teacher_model),
         shuffle=shuffle,
     )

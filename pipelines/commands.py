@@ -61,3 +61,11 @@ def eval_seq2seq():
 
 def demo():
     _run("demo")
+
+
+def distill_embeddings():
+    _run("distill_embeddings")
+
+
+def eval_sts():
+    _run("eval_sts")

@@ -39,10 +39,17 @@ def _bad_cases(tmp_path, packaged_teacher, other_vocab_student):
                   "does not match the teacher's 30522"),
         "unwritable": (["--teacher_model", packaged_teacher, "--student_model", student,
                         "--output_dir", str(blocker / "out")], "cannot write there"),
+        "narrow teacher-layer init": (["--teacher_model", packaged_teacher, "--student_model",
+                                       os.path.join(REPO, "configs", "tinybert_4L_312D.json"), "--student_init",
+                                       "teacher_layers"], "hidden_size 312 differs from the teacher's 384"),
+        "init layer out of range": (["--teacher_model", packaged_teacher, "--student_model", student,
+                                     "--student_init", "teacher_layers", "--init_layers", "2,4,7"],
+                                    "--init_layers 2,4,7: layer 7 does not exist; the teacher has layers 1..6"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing teacher", "heads", "vocab", "unwritable"])
+@pytest.mark.parametrize("case", ["missing teacher", "heads", "vocab", "unwritable", "narrow teacher-layer init",
+                                  "init layer out of range"])
 def test_general_distill_bad_input(case, tmp_path, pregen, packaged_teacher, other_vocab_student):
     args, needle = _bad_cases(tmp_path, packaged_teacher, other_vocab_student)[case]
     out = tmp_path / "out"

@@ -171,8 +171,8 @@ def test_clear_errors_for_incompatible_pairs(tmp_path):
         MiniLMv2Objective(teacher, _student(tmp_path, teacher, heads=3, hidden=36))
     with pytest.raises(UserError, match="--teacher_layer 5: the teacher has layers 1..4"):
         MiniLMv2Objective(teacher, _student(tmp_path, teacher), teacher_layer=5, num_relation_heads=4)
-    with pytest.raises(UserError, match="multiple of the student's 3"):
-        TinyBertIntermediateObjective(teacher, _student(tmp_path, teacher, layers=3))
+    with pytest.raises(UserError, match="--layer_map 1,9: layer 9 does not exist; the teacher has layers 1..4"):
+        TinyBertIntermediateObjective(teacher, _student(tmp_path, teacher, layers=2), layer_map="1,9")
 
 
 # ---- CI-sized runs of the script from the packaged real teacher ----------------------------------------------------

@@ -2,9 +2,11 @@
 
     L = L_emb + L_hidden + L_att
     L_emb    = hidden_mse(W e^S, e^T)                                         embedding outputs
-    L_hidden = sum_{i=1..M} hidden_mse(W h^S_i, h^T_{g(i)})                   g(i) = i * k, k = N_T / M
+    L_hidden = sum_{i=1..M} hidden_mse(W h^S_i, h^T_{g(i)})                   g(i) = i * k, k = N_T / M (*)
     L_att    = sum_{i=1..M} attention_score_mse(A^S_i, A^T_{g(i)})            raw scores QK^T / sqrt(d_k)
 
+(*) when the depths do not divide, g is the nearest uniform map with the top layer kept (6 -> 4: 2, 3, 5, 6), or
+an explicit `--layer_map` (`kdcore.student_init.uniform_layer_map`).
 W is `fit_dense`, one trainable nn.Linear(student hidden, teacher hidden) shared by all layers (as in TinyBERT),
 sized from the two configs. Sums over layers as in the original. The formulas of each term are in
 `tinybert.losses`; `reduction="original"` (`--loss_reduction original`) uses TinyBERT's means over every padded
@@ -27,7 +29,9 @@ from kdcore.families import require_qk_attention
 from kdcore.modeling import encoder_layers
 from kdcore.objective import DistillObjective
 
-from .losses import attention_score_mse, attention_score_mse_original, hidden_mse, hidden_mse_original, layer_mapping
+from kdcore.student_init import parse_layer_list
+
+from .losses import attention_score_mse, attention_score_mse_original, hidden_mse, hidden_mse_original
 
 logger = logging.getLogger("kd")
 
@@ -42,18 +46,21 @@ LOSS_REDUCTION = option(
 
 class TinyBertIntermediateObjective(DistillObjective):
     """The intermediate-layer objective for a bare encoder pair (general distillation) or a pair with task heads
-    (task distillation stage 1: the losses read the encoders, `student.base_model`, and the heads are frozen)."""
+    (task distillation stage 1: the losses read the encoders, `student.base_model`, and the heads are frozen).
+    `layer_map`: "2,3,5,6"-style teacher layers (1-based) per student layer; default the uniform map."""
 
     TERMS = ("embedding", "hidden", "attention")
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, reduction: str = "real_tokens"):
+    def __init__(self, teacher: nn.Module, student: nn.Module, reduction: str = "real_tokens",
+                 layer_map: str | None = None):
         if reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"unknown loss reduction {reduction!r}; expected one of {LOSS_REDUCTIONS}")
         for model in (teacher, student):
             require_qk_attention(model.config, "tinybert")
         super().__init__(teacher, student)
         self.reduction = reduction  # "real_tokens" (the toolkit's) or "original" (TinyBERT's code)
-        self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model)  # student i <- these
+        # student layer i <- teacher_layers[i] (0-based)
+        self.teacher_layers = check_layer_compatibility(teacher.base_model, student.base_model, layer_map)
         self.fit_dense = build_fit_dense(student.config, teacher.config)
         # No loss term reaches the pooler or a task head: keep them out of the optimizer and of DDP's gradient sync.
         base = student.base_model
@@ -65,17 +72,7 @@ class TinyBertIntermediateObjective(DistillObjective):
 
     def load_fit_dense(self, folder: str) -> bool:
         """Load `fit_dense.safetensors` saved beside a student (for --continue_train); False if there is none."""
-        path = os.path.join(folder, "fit_dense.safetensors")
-        if not os.path.isfile(path):
-            return False
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-        try:
-            self.fit_dense.load_state_dict(state)
-        except RuntimeError as err:
-            raise UserError(f"{path}: does not fit this teacher/student pair ({err})")
-        return True
+        return load_fit_dense(self.fit_dense, folder)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
         # `labels` (task distillation batches carry them) are not used by these losses.
@@ -93,8 +90,14 @@ def build_fit_dense(student_config, teacher_config) -> nn.Linear:
     return fit_dense
 
 
+LAYER_MAP = option(
+    "--layer_map", default=None,
+    help="Teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform with the top layer kept "
+    "(the nearest uniform map when the depths do not divide).")
+
+
 def build_objective(args, teacher, student) -> TinyBertIntermediateObjective:
-    objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction)
+    objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction, layer_map=args.layer_map)
     if args.continue_train and objective.load_fit_dense(args.student_model):
         logger.info("continuing fit_dense from %s", args.student_model)
     return objective
@@ -104,26 +107,41 @@ METHOD = DistillMethod(
     name="tinybert",
     summary="embedding + hidden-state MSE (through fit_dense) + attention-score MSE on mapped layers (TinyBERT's "
     "general distillation; the default)",
-    options=(LOSS_REDUCTION,),
+    options=(LOSS_REDUCTION, LAYER_MAP),
     build=build_objective,
 )
 
 
-def check_layer_compatibility(teacher: nn.Module, student: nn.Module) -> list[int]:
-    """TinyBERT's preconditions; returns the teacher layer (0-based) that each student layer learns from."""
+def load_fit_dense(fit_dense: nn.Linear, folder: str) -> bool:
+    """Load `fit_dense.safetensors` saved beside a student folder into `fit_dense`; False if there is none."""
+    path = os.path.join(folder, "fit_dense.safetensors") if folder and os.path.isdir(folder) else None
+    if path is None or not os.path.isfile(path):
+        return False
+    from safetensors.torch import load_file
+
+    try:
+        fit_dense.load_state_dict(load_file(path))
+    except RuntimeError as err:
+        raise UserError(f"{path}: does not fit this teacher/student pair ({err})")
+    return True
+
+
+def check_layer_compatibility(teacher: nn.Module, student: nn.Module, layer_map: str | None = None) -> list[int]:
+    """TinyBERT's preconditions; returns the teacher layer (0-based) that each student layer learns from.
+
+    `layer_map` is "2,4,6"-style (1-based teacher layers, one per student layer); None: `layer_mapping`.
+    """
     n_t, n_s = len(encoder_layers(teacher)), len(encoder_layers(student))
-    if n_t % n_s != 0:
-        raise UserError(
-            f"--student_model: TinyBERT maps student layers uniformly onto teacher layers, so the teacher's "
-            f"depth {n_t} must be a multiple of the student's {n_s}"
-        )
     t_heads, s_heads = teacher.config.num_attention_heads, student.config.num_attention_heads
     if t_heads != s_heads:
         raise UserError(
             f"--student_model: TinyBERT's attention loss needs equal head counts (teacher {t_heads}, student "
             f"{s_heads}); change num_attention_heads or use --distill_method minilmv2"
         )
-    return layer_mapping(n_s, n_t)
+    layers = parse_layer_list(layer_map, n_s, n_t, "--layer_map")
+    logger.info("TinyBERT layer map (1-based): %s", ", ".join(f"student {i + 1} <- teacher {t}"
+                                                             for i, t in enumerate(layers)))
+    return [t - 1 for t in layers]
 
 
 def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input_ids, attention_mask,
@@ -147,9 +165,9 @@ def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input
         t_hidden = teacher(**inputs).hidden_states
     with SelfAttentionCapture(student, student_layers, parts) as s_cap:
         s_hidden = student(**inputs).hidden_states
-    k = len(t_hidden[1:]) // len(s_hidden[1:])
     embedding = hidden_loss(fit_dense(s_hidden[0]), t_hidden[0])
-    hidden = sum(hidden_loss(fit_dense(s_hidden[j]), t_hidden[j * k]) for j in range(1, len(s_hidden)))
+    # hidden_states[0] is the embedding output, so layer l's output is hidden_states[l + 1]
+    hidden = sum(hidden_loss(fit_dense(s_hidden[s + 1]), t_hidden[t + 1]) for s, t in zip(student_layers, teacher_layers))
     attention = sum(
         attention_loss(
             attention_scores(s_cap[s].query, s_cap[s].key, attention_mask),

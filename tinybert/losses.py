@@ -13,18 +13,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kdcore.student_init import uniform_layer_map
+
 
 def layer_mapping(num_student_layers: int, num_teacher_layers: int) -> list[int]:
-    """Uniform layer map: student layer i (0-based) learns from teacher layer (i+1)*k - 1, k = N_t / N_s.
+    """Uniform layer map, 0-based: student layer i learns from teacher layer g(i) - 1, g = `uniform_layer_map`.
 
-    For hidden states (index 0 = embedding output) the same map reads: student state j <- teacher state j*k.
+    When the depths divide (k = N_t / N_s) this is TinyBERT's (i+1)*k - 1; otherwise the nearest uniform map with the
+    top layer kept (6 -> 4: teacher layers 2, 3, 5, 6). For hidden states (index 0 = embedding output) the map
+    reads: student state j <- teacher state g(j).
     """
-    if num_teacher_layers % num_student_layers != 0:
-        raise ValueError(
-            f"teacher depth {num_teacher_layers} is not a multiple of student depth {num_student_layers}"
-        )
-    k = num_teacher_layers // num_student_layers
-    return [(i + 1) * k - 1 for i in range(num_student_layers)]
+    return [layer - 1 for layer in uniform_layer_map(num_student_layers, num_teacher_layers)]
 
 
 def _token_weights(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -28,9 +28,10 @@ from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.finetune import ListDataset, predict_batches
 from kdcore.modeling import build_student, check_length_fits, load_teacher
 from kdcore.objective import DistillObjective
+from kdcore.student_init import apply_student_init
 from tinybert.classification import (
     evaluate_all, eval_sets, glue_collate, has_tokenizer, is_classifier_config, label_config, load_classifier,
-    predict_test_sets, read_folder_config, write_results,
+    predict_logits, predict_test_sets, read_folder_config, write_results,
 )
 from tinybert.glue import GlueTask, encode, get_task, label_order, load_split
 from tinybert.intermediate import TinyBertIntermediateObjective
@@ -41,23 +42,30 @@ logger = logging.getLogger("kd.task_distill")
 
 class PredictionDistillObjective(DistillObjective):
     """Stage 2: the student's logits against the teacher's (soft cross-entropy at `temperature`; MSE for
-    regression tasks, to the teacher's score or, with stsb_target="gold", to the gold score)."""
+    regression tasks, to the teacher's score or, with stsb_target="gold", to the gold score). With `teacher_logits`
+    (N, C), the teacher's logits are read from it by each batch's `example_index` instead of running the teacher
+    (see kdcore/logit_cache.py)."""
 
     TERMS = ("cls_loss",)
 
     def __init__(self, teacher: nn.Module, student: nn.Module, task: GlueTask, temperature: float = 1.0,
-                 loss_reduction: str = "real_tokens", stsb_target: str = "teacher"):
+                 loss_reduction: str = "real_tokens", stsb_target: str = "teacher",
+                 teacher_logits: torch.Tensor | None = None):
         super().__init__(teacher, student)
         self.task = task
         self.temperature = temperature
         self.loss_reduction = loss_reduction  # "real_tokens" or TinyBERT's "original" (class-averaged soft CE)
         self.regression_target = stsb_target  # "teacher" or "gold": what a regression student is fitted to
+        self.teacher_logits = teacher_logits
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None, example_index=None):
         inputs = encoder_inputs(input_ids, attention_mask, token_type_ids)
         s_logits = self.student(**inputs).logits
-        with torch.no_grad():
-            t_logits = self.teacher(**inputs).logits
+        if self.teacher_logits is not None and example_index is not None:
+            t_logits = self.teacher_logits[example_index.cpu()].to(s_logits.device)
+        else:
+            with torch.no_grad():
+                t_logits = self.teacher(**inputs).logits
         if self.task.labels is None:
             target = labels if self.regression_target == "gold" else t_logits
             loss = regression_mse(s_logits, target)
@@ -66,6 +74,25 @@ class PredictionDistillObjective(DistillObjective):
         else:
             loss = soft_cross_entropy(s_logits, t_logits, self.temperature)
         return {"loss": loss, "cls_loss": loss.detach()}
+
+
+def with_example_index(items: list[dict]) -> list[dict]:
+    """The items with `example_index` (their position) added, so batches can look up cached teacher logits."""
+    return [{**item, "example_index": i} for i, item in enumerate(items)]
+
+
+def teacher_logits_for(teacher: nn.Module, teacher_path: str, items: list[dict], collate, max_seq_length: int,
+                       task_name: str, cache_dir: str, batch_size: int, device) -> torch.Tensor:
+    """The fine-tuned teacher's logits for every training item, computed once (cached; kdcore/logit_cache.py)."""
+    from kdcore.logit_cache import cached_teacher_logits, features_fingerprint, teacher_fingerprint
+
+    key = {"data": features_fingerprint(items), "teacher": teacher_fingerprint(teacher_path, teacher.config),
+           "max_seq_length": max_seq_length, "task": task_name.lower()}
+
+    def compute():
+        return torch.from_numpy(predict_logits(teacher, items, collate, batch_size, device))
+
+    return cached_teacher_logits(cache_dir, key, len(items), compute)
 
 
 def mean_distill_losses(objective: DistillObjective, items: list[dict], collate, batch_size: int, device) -> dict:
@@ -133,15 +160,21 @@ def run_task_distill(args) -> dict:
         for k, v in label_config(task, labels).items():
             setattr(teacher.config, k, v)
 
-    if student_is_folder:
+    from_teacher = getattr(args, "student_init", "random") == "teacher_layers"
+    if from_teacher and eval_only:
+        raise UserError("--student_init teacher_layers needs a teacher (not --do_eval)")
+    if student_is_folder and not from_teacher:
         student = load_classifier(args.student_model, task, labels, "--student_model", tokenizer=tokenizer)
     else:  # a student config JSON (e.g. configs/tinybert_4L_312D.json); the rest follows the teacher
         if teacher is None:
             raise UserError(f"--student_model {args.student_model}: --do_eval needs a trained model folder")
-        student = build_student(args.student_model, teacher.config, tokenizer,
+        student = build_student(os.path.join(args.student_model, "config.json") if student_is_folder
+                                else args.student_model, teacher.config, tokenizer,
                                 model_class=AutoModelForSequenceClassification)
         for k, v in label_config(task, labels).items():
             setattr(student.config, k, v)
+        # the fine-tuned teacher's embeddings, chosen layers and classifier (--student_init teacher_layers)
+        apply_student_init(args, student, teacher, args.teacher_model)
     if teacher is not None and student.config.vocab_size != teacher.config.vocab_size:
         raise UserError(f"--student_model: vocabulary {student.config.vocab_size} differs from the teacher's "
                         f"{teacher.config.vocab_size}")
@@ -161,12 +194,24 @@ def run_task_distill(args) -> dict:
         return result
 
     examples = load_split(args.data_dir, task, "train", aug_train=args.aug_train, max_examples=args.max_train_examples)
-    train_set = ListDataset(encode(examples, tokenizer, task, labels, args.max_seq_length))
+    items = encode(examples, tokenizer, task, labels, args.max_seq_length)
+    teacher_logits = None
+    if args.pred_distill:  # the frozen eval-mode teacher's logits are the same every epoch: compute them once
+        teacher_logits = teacher_logits_for(teacher.to(rt.device), args.teacher_model, items, collate,
+                                            args.max_seq_length, args.task_name, args.cache_dir or args.output_dir,
+                                            args.eval_batch_size, rt.device)
+        items = with_example_index(items)
+    train_set = ListDataset(items)
     if args.pred_distill:
         objective = PredictionDistillObjective(teacher, student, task, args.temperature,
-                                               loss_reduction=args.loss_reduction, stsb_target=args.stsb_target)
+                                               loss_reduction=args.loss_reduction, stsb_target=args.stsb_target,
+                                               teacher_logits=teacher_logits)
     else:
-        objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction)
+        objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction,
+                                                  layer_map=args.layer_map)
+        # stage 1 keeps general distillation's projection when the student folder has one (as TinyBERT does)
+        if student_is_folder and objective.load_fit_dense(args.student_model):
+            logger.info("fit_dense loaded from %s (general distillation's projection)", args.student_model)
     denom = max(1, args.gradient_accumulation_steps) * rt.world_size
     if args.train_batch_size % denom:
         raise UserError(f"--train_batch_size {args.train_batch_size} is not divisible by gradient accumulation steps "

@@ -1,0 +1,245 @@
+"""Sentence-embedding models: sentence-transformers folders, pooling, the embedding-distillation loss, STS zero-shot.
+
+A sentence-transformers folder is a HF encoder folder plus `modules.json` (Transformer -> Pooling [-> Normalize])
+and the pooling module's `config.json`. When a teacher is such a folder, a student distilled from it is written as
+one too (`write_sentence_transformers_files`), so `SentenceTransformer(student_dir)` embeds with the teacher's pooling
+and normalisation.
+
+* `pool(hidden, mask, mode)` – mean / cls / max / mean_sqrt_len pooling over real tokens.
+* `embedding_mse(student_emb, teacher_emb)` – the embedding-distillation loss (formula in its docstring).
+* `sts_zero_shot_spearman` – Spearman correlation between cos(embedding_a, embedding_b) and the gold similarity of
+  an STS file (GLUE STS-B layout), with no training on STS.
+
+Plain transformers/numpy code: sentence-transformers is only needed to *load* the folders elsewhere.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cli import UserError
+
+logger = logging.getLogger("kd")
+
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Folders
+# --------------------------------------------------------------------------------------------------------------
+def is_sentence_transformers_folder(path: str | None) -> bool:
+    return bool(path) and os.path.isdir(path) and os.path.isfile(os.path.join(path, "modules.json"))
+
+
+def _modules(path: str) -> list[dict]:
+    file = os.path.join(path, "modules.json")
+    try:
+        with open(file, encoding="utf-8") as f:
+            modules = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{file}: not a readable modules.json ({err})")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) and "type" in m for m in modules):
+        raise UserError(f"{file}: expected a list of modules with a 'type' each")
+    return modules
+
+
+def read_pooling(path: str) -> tuple[str, bool]:
+    """(pooling mode, normalize) of a sentence-transformers folder; ("mean", False) for a plain HF folder."""
+    if not is_sentence_transformers_folder(path):
+        return "mean", False
+    mode, normalize = "mean", False
+    for module in _modules(path):
+        kind = module["type"].rsplit(".", 1)[-1]
+        if kind == "Normalize":
+            normalize = True
+        elif kind == "Pooling":
+            cfg_file = os.path.join(path, module.get("path", ""), "config.json")
+            try:
+                with open(cfg_file, encoding="utf-8") as f:
+                    cfg = json.load(f)
+            except (OSError, json.JSONDecodeError) as err:
+                raise UserError(f"{cfg_file}: not a readable pooling config ({err})")
+            chosen = [m for m in POOLING_MODES if cfg.get(f"pooling_mode_{m}_token" if m == "cls" else
+                                                          f"pooling_mode_{m}_tokens")]
+            if len(chosen) != 1:
+                raise UserError(f"{cfg_file}: exactly one pooling mode must be on (found {chosen or 'none'})")
+            mode = chosen[0]
+    return mode, normalize
+
+
+def write_sentence_transformers_files(teacher_dir: str, output_dir: str, hidden_size: int) -> bool:
+    """Give `output_dir` (a saved HF encoder folder) the teacher's sentence-transformers modules.
+
+    Copies modules.json, sentence_bert_config.json, config_sentence_transformers.json and every module folder
+    (pooling, normalize, ...) with the pooling's `word_embedding_dimension` set to the student's `hidden_size`.
+    A module with weights of its own (e.g. a Dense projection) cannot follow a narrower student and is refused.
+    Returns False (and writes nothing) when the teacher is not a sentence-transformers folder.
+    """
+    if not is_sentence_transformers_folder(teacher_dir):
+        return False
+    for module in _modules(teacher_dir):
+        kind = module["type"].rsplit(".", 1)[-1]
+        if kind not in ("Transformer", "Pooling", "Normalize"):
+            raise UserError(f"{teacher_dir}/modules.json: module {kind} is not supported for a student "
+                            f"(only Transformer, Pooling, Normalize)")
+    for name in ST_FILES:
+        src = os.path.join(teacher_dir, name)
+        if os.path.isfile(src):
+            tmp = os.path.join(output_dir, f".{name}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, os.path.join(output_dir, name))
+    for module in _modules(teacher_dir):
+        sub = module.get("path", "")
+        if not sub:
+            continue
+        os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+        cfg_src = os.path.join(teacher_dir, sub, "config.json")
+        if module["type"].endswith("Pooling") and os.path.isfile(cfg_src):
+            with open(cfg_src, encoding="utf-8") as f:
+                cfg = json.load(f)
+            cfg["word_embedding_dimension"] = hidden_size
+            tmp = os.path.join(output_dir, sub, ".config.json.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(cfg, f, indent=2)
+            os.replace(tmp, os.path.join(output_dir, sub, "config.json"))
+        elif os.path.isfile(cfg_src):
+            shutil.copyfile(cfg_src, os.path.join(output_dir, sub, "config.json"))
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pooling and the loss
+# --------------------------------------------------------------------------------------------------------------
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """Sentence embedding from token states (B, T, D) over real tokens (mask (B, T), 1 = real), fp32.
+
+    mean: sum_t m_t h_t / sum_t m_t;  mean_sqrt_len: sum_t m_t h_t / sqrt(sum_t m_t);  cls: h_0;
+    max: max over real t of h_t.
+    """
+    h = hidden.float()
+    m = attention_mask.to(h.dtype).unsqueeze(-1)
+    if mode == "cls":
+        return h[:, 0]
+    if mode == "max":
+        return h.masked_fill(m == 0, float("-inf")).max(dim=1).values
+    total = (h * m).sum(dim=1)
+    count = m.sum(dim=1).clamp_min(1.0)
+    if mode == "mean":
+        return total / count
+    if mode == "mean_sqrt_len":
+        return total / count.sqrt()
+    raise ValueError(f"unknown pooling mode {mode!r} (known: {', '.join(POOLING_MODES)})")
+
+
+def embedding_mse(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+    """Embedding-distillation loss (Reimers & Gurevych, 2020):
+
+        L = (1 / (B * D)) * sum_b || e^S_b - e^T_b ||^2
+
+    over the pooled (and, for a normalising model, L2-normalised) sentence embeddings; shapes (B, D), same D.
+    """
+    if student_embeddings.shape != teacher_embeddings.shape:
+        raise ValueError(f"student {tuple(student_embeddings.shape)} vs teacher {tuple(teacher_embeddings.shape)}: "
+                         f"embedding distillation needs the teacher's width")
+    return F.mse_loss(student_embeddings.float(), teacher_embeddings.float())
+
+
+def encode(model: nn.Module, tokenizer, sentences: list[str], mode: str = "mean", normalize: bool = False,
+           batch_size: int = 64, max_length: int = 128, device=None) -> np.ndarray:
+    """Sentence embeddings (N, D) of a bare HF encoder with the given pooling, in eval mode."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    # Longest first: batches of similar length waste little compute on padding.
+    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([sentences[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt").to(device)
+            hidden = model(**enc).last_hidden_state
+            emb = pool(hidden, enc["attention_mask"], mode)
+            if normalize:
+                emb = F.normalize(emb, dim=-1)
+            out.append(emb.cpu())
+    model.train(was_training)
+    emb = torch.cat(out).numpy() if out else np.zeros((0, 1), dtype=np.float32)
+    result = np.empty_like(emb)
+    result[order] = emb
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# STS zero-shot evaluation
+# --------------------------------------------------------------------------------------------------------------
+def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
+    """sentence1, sentence2, score columns of a GLUE STS-B file (header row; score is the last column)."""
+    if not os.path.isfile(path):
+        raise UserError(f"--sts_file: no such file: {path}")
+    a, b, gold = [], [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows, None)
+        if header is None or "sentence1" not in header or "sentence2" not in header:
+            raise UserError(f"{path}: line 1 is not an STS-B header with sentence1 / sentence2 columns")
+        i1, i2 = header.index("sentence1"), header.index("sentence2")
+        for line_no, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            try:
+                a.append(row[i1])
+                b.append(row[i2])
+                gold.append(float(row[-1]))
+            except (IndexError, ValueError):
+                raise UserError(f"{path}:{line_no}: expected {len(header)} tab-separated columns with a numeric score")
+    if not gold:
+        raise UserError(f"{path}: no sentence pairs")
+    return a, b, np.asarray(gold, dtype=np.float64)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties) = Pearson correlation of the ranks."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / np.sqrt((rx ** 2).sum() * (ry ** 2).sum()))
+
+
+def sts_zero_shot_spearman(model: nn.Module, tokenizer, sts_file: str, mode: str = "mean", normalize: bool = False,
+                           batch_size: int = 64, max_examples: int | None = None) -> dict:
+    """{"spearman": 100 * rho(cos(e_a, e_b), gold), "pairs": N} on an STS file; no STS training involved."""
+    a, b, gold = read_sts(sts_file)
+    if max_examples:
+        a, b, gold = a[:max_examples], b[:max_examples], gold[:max_examples]
+    ea = encode(model, tokenizer, a, mode, normalize, batch_size)
+    eb = encode(model, tokenizer, b, mode, normalize, batch_size)
+    cos = (ea * eb).sum(-1) / (np.linalg.norm(ea, axis=-1) * np.linalg.norm(eb, axis=-1)).clip(1e-12)
+    return {"spearman": 100.0 * spearman(cos, gold), "pairs": len(gold)}
+
+
+def evaluate_sts_folder(args) -> dict:
+    """eval_sts.py: the zero-shot STS Spearman of the model folder `args.model_dir`, printed (and written) as JSON."""
+    from .modeling import atomic_write_json, load_model, load_tokenizer
+
+    if not os.path.isdir(args.model_dir):
+        raise UserError(f"--model_dir: no such folder: {args.model_dir}")
+    mode, normalize = read_pooling(args.model_dir)
+    model = load_model(args.model_dir, argname="--model_dir").eval()
+    tokenizer = load_tokenizer(args.model_dir, "--model_dir")
+    result = sts_zero_shot_spearman(model, tokenizer, args.sts_file, mode, normalize, args.batch_size, args.max_examples)
+    result.update({"pooling": mode, "normalize": normalize, "sts_file": args.sts_file})
+    print(json.dumps(result))
+    if args.output_file:
+        atomic_write_json(result, args.output_file)
+    return result
