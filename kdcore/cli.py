@@ -147,8 +147,9 @@ RANGE_RULES: dict[str, tuple] = {
     "local_rank": (-1, True, _INF, True, ()),
     "teacher_layer": (-_INF, True, _INF, True, ()),  # nonzero; checked against the teacher's depth later
     # optimisation
-    **{name: POSITIVE for name in (
-        "learning_rate", "adam_epsilon", "num_train_epochs", "temperature", "distill_lr", "teacher_lr", "student_lr")},
+    **{name: POSITIVE for name in ("adam_epsilon", "num_train_epochs", "temperature")},
+    # a learning rate of 0 is allowed: the weights stay as they are (an evaluation run through the training path)
+    **{name: AT_LEAST_0 for name in ("learning_rate", "distill_lr", "teacher_lr", "student_lr", "embed_lr")},
     "adam_beta1": UNIT_INTERVAL_OPEN_TOP,
     "adam_beta2": UNIT_INTERVAL_OPEN_TOP,
     "weight_decay": AT_LEAST_0,

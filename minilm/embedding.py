@@ -16,7 +16,8 @@ from torch import nn
 
 from kdcore.cli import UserError
 from kdcore.batching import encoder_inputs
-from kdcore.modeling import SelfAttentionCapture, bare_model, encoder_layers
+from kdcore.attention_capture import SelfAttentionCapture
+from kdcore.modeling import bare_model, encoder_layers
 from kdcore.objective import DistillObjective
 from kdcore.sentence_embeddings import embedding_mse, pool
 
