@@ -136,7 +136,7 @@ RANGE_RULES: dict[str, tuple] = {
         "max_query_length", "doc_stride", "max_answer_length", "n_best_size", "ngram_size", "num_relation_heads",
         "epochs_to_generate", "num_workers", "max_predictions_per_seq", "max_documents", "max_train_examples",
         "max_eval_examples", "glove_vocab_size", "M", "N", "logging_steps", "save_total_limit",
-        "distill_steps")},
+        "distill_steps", "embed_steps", "seeds")},
     "max_source_seq_length": (3, True, _INF, True, ()),  # [CLS] token [SEP]
     "max_target_seq_length": (2, True, _INF, True, ()),  # token [SEP]
     **{name: AT_LEAST_0 for name in (
@@ -147,9 +147,11 @@ RANGE_RULES: dict[str, tuple] = {
     "local_rank": (-1, True, _INF, True, ()),
     "teacher_layer": (-_INF, True, _INF, True, ()),  # nonzero; checked against the teacher's depth later
     # optimisation
-    **{name: POSITIVE for name in ("adam_epsilon", "num_train_epochs", "temperature")},
-    # a learning rate of 0 is allowed: the weights stay as they are (an evaluation run through the training path)
-    **{name: AT_LEAST_0 for name in ("learning_rate", "distill_lr", "teacher_lr", "student_lr", "embed_lr")},
+    **{name: POSITIVE for name in (
+        "adam_epsilon", "num_train_epochs", "temperature", "distill_lr", "teacher_lr", "student_lr", "embed_lr")},
+    # --learning_rate 0 is allowed: the weights stay as they are (a run through the training path that changes
+    # nothing, which the tests use to check what a run starts from)
+    "learning_rate": AT_LEAST_0,
     "adam_beta1": UNIT_INTERVAL_OPEN_TOP,
     "adam_beta2": UNIT_INTERVAL_OPEN_TOP,
     "weight_decay": AT_LEAST_0,

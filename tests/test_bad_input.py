@@ -294,8 +294,8 @@ ROWS = [
     # demo.py
     ("demo-scale-choice", "demo.py", "--scale huge", "argument --scale"),
     ("demo-config-scale", "demo.py", "--config {scale_yaml}", "scale (--scale): invalid choice 'huge'"),
-    ("demo-steps-zero", "demo.py", "--distill_steps 0", "argument --distill_steps"),
-    ("demo-lr-zero", "demo.py", "--distill_lr 0", "argument --distill_lr"),
+    ("demo-steps-zero", "demo.py", "--embed_steps 0", "argument --embed_steps"),
+    ("demo-lr-zero", "demo.py", "--student_lr 0", "argument --student_lr"),
     ("demo-teacher-missing", "demo.py", "--teacher_model {tmp}/no_teacher", "demo input not found"),
     ("demo-output-under-file", "demo.py", "--output_dir {blocker}/demo", "cannot write there"),
 ]

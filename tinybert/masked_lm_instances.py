@@ -274,11 +274,14 @@ def tokenize_corpus(path: str | list[str], tokenizer, store: DocumentStore, corp
 
     pending: list[list[str]] = []
     pending_chars = 0
-    bar = tqdm(desc="Tokenizing documents", unit=" docs")
+    # The bar starts with the first document read, so a corpus that is unreadable from its first line fails with
+    # its one error line and no empty bar before it.
+    bar = None
     paths = [path] if isinstance(path, str) else path
     for n, doc in enumerate(iter_corpus_documents(paths, corpus_format)):
         if max_documents is not None and n >= max_documents:
             break
+        bar = bar or tqdm(desc="Tokenizing documents", unit=" docs")
         pending.append(doc)
         pending_chars += sum(len(sent) for sent in doc)
         if len(pending) >= batch_docs or pending_chars >= batch_chars:
@@ -288,7 +291,8 @@ def tokenize_corpus(path: str | list[str], tokenizer, store: DocumentStore, corp
     if pending:
         flush(pending)
         bar.update(len(pending))
-    bar.close()
+    if bar is not None:
+        bar.close()
     store.finalize()
     return store
 
