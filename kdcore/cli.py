@@ -58,6 +58,11 @@ def run_main(main: Callable[[], object]) -> None:
         datefmt="%H:%M:%S",
         level=logging.INFO,
     )
+    # transformers logs through its own handler; with CI=true in the environment it also propagates to the root
+    # logger, which would print its records a second time, in our format. Our handler keeps to the toolkit's own
+    # records, so what a script prints does not depend on whether CI is set.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not record.name.startswith("transformers"))
     prog = os.path.basename(sys.argv[0]) or "kd"
     try:
         main()
