@@ -281,7 +281,8 @@ def tokenize_corpus(path: str | list[str], tokenizer, store: DocumentStore, corp
     for n, doc in enumerate(iter_corpus_documents(paths, corpus_format)):
         if max_documents is not None and n >= max_documents:
             break
-        bar = bar or tqdm(desc="Tokenizing documents", unit=" docs")
+        if bar is None:
+            bar = tqdm(desc="Tokenizing documents", unit=" docs")
         pending.append(doc)
         pending_chars += sum(len(sent) for sent in doc)
         if len(pending) >= batch_docs or pending_chars >= batch_chars:
