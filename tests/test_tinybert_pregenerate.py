@@ -132,9 +132,15 @@ def test_run_owns_its_output_folder(tmp_path, packaged_teacher):
     for name in ("epoch_1.json", "epoch_1_metrics.json", "epoch_7.json", ".epoch_0.json.tmp-abc",
                  ".documents.x.bin", "notes.txt"):
         (out / name).write_text("{}\n")
+    (out / "epoch_2").mkdir()  # binary shards of an older, longer run
+    (out / "epoch_2" / "shard_000000000.input_ids.npy").write_bytes(b"\0")
     script.main(["--train_corpus", str(corpus), "--bert_model", packaged_teacher, "--output_dir", str(out),
-                 "--epochs_to_generate", "1"])
+                 "--epochs_to_generate", "1", "--output_format", "json"])
     assert sorted(os.listdir(out)) == ["epoch_0.json", "epoch_0_metrics.json", "notes.txt"]
+    (out / "epoch_3").mkdir()
+    script.main(["--train_corpus", str(corpus), "--bert_model", packaged_teacher, "--output_dir", str(out),
+                 "--epochs_to_generate", "1"])  # binary shards (the default) replace the json epoch
+    assert sorted(os.listdir(out)) == ["epoch_0", "epoch_0_metrics.json", "notes.txt"]
 
 
 def test_corpus_bytes_are_never_replaced(tmp_path, packaged_teacher):
