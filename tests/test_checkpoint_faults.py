@@ -128,7 +128,7 @@ def test_checkpoint_of_another_run_is_refused(straight, tmp_path):
 def test_ctrl_c_prints_one_line_and_the_rerun_resumes(straight, tmp_path):
     out = tmp_path / "interrupted"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, TOY, "--output_dir", str(out), *COMMON, "--sleep_per_batch", "0.05"],
+    proc = subprocess.Popen([sys.executable, TOY, "--output_dir", str(out), *COMMON, "--sleep_per_batch", "0.4"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not (out / "checkpoint-4" / "training_state.json").exists():
