@@ -100,8 +100,10 @@ def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, at
         return kl.sum() / num_rows.clamp_min(1)
 
 
-# Elements of one (examples x heads x T x T) fp32 chunk: 2**24 = 64 MiB; about five such tensors are alive at once.
-MAX_CHUNK_ELEMENTS = 2**24
+# Elements of one (examples x heads x T x T) fp32 chunk: 2**20 = 4 MiB; about four such tensors are alive at once.
+# The softmax / exp / product passes are memory-bound: chunks that stay in the CPU's caches run about a third
+# faster than 64 MiB ones (bench/bench_relation_loss.py --chunk_sizes), and bigger ones gain nothing on a GPU.
+MAX_CHUNK_ELEMENTS = 2**20
 
 
 def _chunks(batch: int, heads: int, seq_len: int, max_elements: int):
@@ -123,28 +125,36 @@ class _PairwiseRowKL(torch.autograd.Function):
     def forward(ctx, t_a, t_b, s_a, s_b, attention_mask, max_elements):
         B, H, T, _ = s_a.shape
         want_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
-        grad_a = torch.zeros_like(s_a) if want_grad else None
-        grad_b = torch.zeros_like(s_b) if want_grad else None
+        grad_a = torch.empty_like(s_a) if want_grad else None
+        grad_b = torch.empty_like(s_b) if want_grad else None
         scale_t, scale_s = 1.0 / math.sqrt(t_a.size(-1)), 1.0 / math.sqrt(s_a.size(-1))
         m = attention_mask.bool()
+        padded = not bool(m.all())  # packed corpora have no padding: then every masking pass is skipped
         total = torch.zeros((), dtype=torch.float64, device=s_a.device)
         with _fp32(s_a.device):
             for bs, hs in _chunks(B, H, T, max_elements):
-                key_pad = ~m[bs, None, None, :]
-                not_pair = ~(m[bs, :, None] & m[bs, None, :])[:, None]
-                # log P and log S, each normalised in place over the keys (padded keys -> MASK_VALUE -> P = S = 0)
                 log_p = torch.matmul(t_a[bs, hs], t_b[bs, hs].transpose(-1, -2)).mul_(scale_t)
-                log_p = log_p.masked_fill_(key_pad, MASK_VALUE).log_softmax(-1)
                 log_s = torch.matmul(s_a[bs, hs], s_b[bs, hs].transpose(-1, -2)).mul_(scale_s)
-                log_s = log_s.masked_fill_(key_pad, MASK_VALUE).log_softmax(-1)
+                if padded:  # padded keys -> MASK_VALUE, so P = S = 0 there after the softmax
+                    key_pad = ~m[bs, None, None, :]
+                    not_pair = ~(m[bs, :, None] & m[bs, None, :])[:, None]
+                    log_p.masked_fill_(key_pad, MASK_VALUE)
+                    log_s.masked_fill_(key_pad, MASK_VALUE)
+                log_p, log_s = log_p.log_softmax(-1), log_s.log_softmax(-1)
                 p = log_p.exp()
-                # log P - log S is NaN or junk at padded pairs (-inf - -inf): zero them before the product.
-                diff = log_p.sub_(log_s).masked_fill_(not_pair, 0.0)
-                total += torch.dot(p.view(-1), diff.view(-1)).double()
-                del diff, log_p
+                if padded:
+                    # Padded query rows are not part of the loss; at padded keys P = 0 and log P, log S are finite
+                    # (MASK_VALUE is finite), so the product below is 0 there: zeroing P on padded pairs is enough.
+                    p.masked_fill_(not_pair, 0.0)
+                # (log P - log S) in place, then one dot product. (Two dot products, P.log P - P.log S, would save
+                # this pass but lose the small difference of two large fp32 sums.)
+                total += torch.dot(p.view(-1), log_p.sub_(log_s).view(-1)).double()
+                del log_p
                 if want_grad:
                     # dL/dZ^S = S - P on real pairs (each real row of P sums to 1), 0 elsewhere; Z^S = a b^T * scale
-                    g = log_s.exp_().sub_(p).masked_fill_(not_pair, 0.0)
+                    g = log_s.exp_().sub_(p)
+                    if padded:
+                        g.masked_fill_(not_pair, 0.0)
                     grad_a[bs, hs] = torch.matmul(g, s_b[bs, hs]).mul_(scale_s)
                     grad_b[bs, hs] = torch.matmul(g.transpose(-1, -2), s_a[bs, hs]).mul_(scale_s)
                 del log_s, p

@@ -198,9 +198,10 @@ def _reference_kl(t_a, t_b, s_a, s_b, mask):
 
 @pytest.mark.parametrize("max_elements", [1, 7 * 7 * 2, 7 * 7 * 4 * 3, 2**24])  # 1 example x 1 head ... everything
 @pytest.mark.parametrize("relation", [True, False])
-def test_chunked_kl_equals_reference_in_value_and_gradient(max_elements, relation):
-    B, T, H = len(LENGTHS), max(LENGTHS), 6
-    mask = _mask()
+@pytest.mark.parametrize("lengths", [LENGTHS, (7, 7, 7, 7)])  # padded, and none (the masking passes are skipped)
+def test_chunked_kl_equals_reference_in_value_and_gradient(max_elements, relation, lengths):
+    B, T, H = len(lengths), max(lengths), 6
+    mask = _mask(lengths)
     t_a, t_b = _rand(B, H, T, 8, seed=60), _rand(B, H, T, 8, seed=61)
     s_a0, s_b0 = _rand(B, H, T, 4, seed=62), _rand(B, H, T, 4, seed=63)
     if relation:  # MiniLMv2 / value relation: a = b, the gradient reaches one tensor through both sides
