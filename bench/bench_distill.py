@@ -22,14 +22,18 @@ h = hidden size, L = layers:
     TinyBERT's fit_dense     F_w = 3 * N * 2 * P_w * (L_s + 1)                 (applied to L_s + 1 hidden states)
     step FLOPs = F_t + F_s (+ F_w);  MFU = step FLOPs / step seconds / matmul FLOP/s
 
-For MiniLM the student's last layer after Q/K/V gets no gradient, so F_s slightly over-counts its backward.
+MiniLM and MiniLMv2 read only the Q/K/V projections of the teacher's and the student's last layer and stop each
+forward there (kdcore.attention_capture.SelfAttentionCapture.run): their last layer counts only its Q/K/V weights
+in P and no attention term (L - 1 layers in 4 * L * T * h), i.e. the FLOPs the step needs, not those it skips.
 
 Variants (--variants, before/after comparisons in one interleaved run): `current` is the toolkit as it is;
 `unfused_kl` swaps MiniLM's chunked KL with analytic gradient (minilm.losses.pairwise_row_kl) for the unchunked
-autograd reference (masked_row_kl over scaled_dot_logits), i.e. the losses as they were before issue 14.
+autograd reference (masked_row_kl over scaled_dot_logits), i.e. the losses as they were before issue 14;
+`full_forward` runs the teacher and the student to their last layer's output, as before the capture stopped
+each forward at the Q/K/V it needs (MiniLM / MiniLMv2 only; the FLOPs counted stay the needed ones).
 
     python bench/bench_distill.py [--full | --smoke] [--methods tinybert minilm minilmv2] [--precisions fp32 bf16]
-                                  [--variants current unfused_kl] [--batch_size 32] [--seq_len 128] [--repeat N]
+                                  [--variants current unfused_kl full_forward] [--batch_size 32] [--seq_len 128] [--repeat N]
                                   [--out bench/results/distill.json]
 """
 import contextlib
@@ -46,7 +50,9 @@ from common import (  # noqa: E402
 
 from general_distill import METHODS  # noqa: E402
 from kdcore import distill  # noqa: E402
+from kdcore.families import family_of, get_path  # noqa: E402
 from kdcore.modeling import encoder_layers  # noqa: E402
+from kdcore.objective import SelfAttentionObjective  # noqa: E402
 from kdcore.runtime import set_seed  # noqa: E402
 from kdcore.trainer import build_optimizer  # noqa: E402
 
@@ -76,12 +82,24 @@ def linear_weights(modules) -> int:
     return sum(m.weight.numel() for mod in modules for m in mod.modules() if isinstance(m, nn.Linear))
 
 
+def needed_weights_and_attentions(model, stops_at_last_qkv: bool) -> tuple[int, int]:
+    """(P, number of attention computations) of the encoder layers one step runs of `model`."""
+    layers = list(encoder_layers(model))
+    if not stops_at_last_qkv:
+        return linear_weights(layers), len(layers)
+    family = family_of(model.config)
+    paths = [family.qkv] if family.fused() else list(family.qkv)
+    return linear_weights(layers[:-1]) + linear_weights([get_path(layers[-1], p) for p in paths]), len(layers) - 1
+
+
 def step_flops(objective, tokens: int, seq_len: int) -> float:
     """Model FLOPs of one step (formula in the module docstring)."""
-    t_layers, s_layers = encoder_layers(objective.teacher), encoder_layers(objective.student)
+    stops = isinstance(objective, SelfAttentionObjective)  # MiniLM v1 / v2: forwards end at the last Q/K/V
+    (p_t, a_t), (p_s, a_s) = (needed_weights_and_attentions(m, stops) for m in (objective.teacher, objective.student))
     t_h, s_h = objective.teacher.config.hidden_size, objective.student.config.hidden_size
-    teacher = tokens * (2 * linear_weights(t_layers) + 4 * len(t_layers) * seq_len * t_h)
-    student = 3 * tokens * (2 * linear_weights(s_layers) + 4 * len(s_layers) * seq_len * s_h)
+    s_layers = encoder_layers(objective.student)
+    teacher = tokens * (2 * p_t + 4 * a_t * seq_len * t_h)
+    student = 3 * tokens * (2 * p_s + 4 * a_s * seq_len * s_h)
     fit_dense = getattr(objective, "fit_dense", None)  # TinyBERT's hidden-state projection
     fit = 3 * tokens * 2 * fit_dense.weight.numel() * (len(s_layers) + 1) if fit_dense is not None else 0
     return float(teacher + student + fit)
@@ -112,6 +130,12 @@ def variant_context(variant: str):
         from unittest import mock
 
         return mock.patch.object(minilm.losses, "pairwise_row_kl", unfused_pairwise_row_kl)
+    if variant == "full_forward":
+        from unittest import mock
+
+        from kdcore.attention_capture import SelfAttentionCapture
+
+        return mock.patch.object(SelfAttentionCapture, "run", lambda capture, **inputs: capture.model(**inputs))
     raise ValueError(f"unknown variant {variant!r}")
 
 
@@ -142,7 +166,7 @@ def main(argv=None):
                                "smoke": "tiny models, 1 step (tests)"})
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
-    p.add_argument("--variants", nargs="+", choices=["current", "unfused_kl"], default=["current"],
+    p.add_argument("--variants", nargs="+", choices=["current", "unfused_kl", "full_forward"], default=["current"],
                    help="toolkit states to compare in the same interleaved rounds (module docstring)")
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seq_len", type=int, default=None)
@@ -175,8 +199,8 @@ def main(argv=None):
         flops = step_flops(objective, tokens, args.seq_len)
         for prec in args.precisions:
             for variant in args.variants:
-                if variant == "unfused_kl" and method == "tinybert":
-                    continue  # TinyBERT has no KL term
+                if variant in ("unfused_kl", "full_forward") and method == "tinybert":
+                    continue  # TinyBERT has no KL term and needs every layer's output
                 step, last = make_step(objective, batch, dtypes[prec], device, variant)
                 steps[method, prec, variant] = (step, flops, last)
     # Interleaved rounds (a, b, c, a, b, c, ...), and every step is paired with a yardstick matmul measured just

@@ -99,10 +99,11 @@ class SelfAttentionObjective(DistillObjective):
         """Per-head (B, H, T, d) query/key/value of the teacher layer (no grad) and of the student's last layer."""
         inputs = encoder_inputs(input_ids, attention_mask, token_type_ids)
         parts = ("query", "key", "value")
+        # Each forward stops at its layer's projections: nothing after them reaches a loss.
         with torch.no_grad(), SelfAttentionCapture(self.teacher, [self.teacher_layer], parts) as t_cap:
-            self.teacher(**inputs)
+            t_cap.run(**inputs)
         with SelfAttentionCapture(self.student, [self.student_layer], parts) as s_cap:
-            self.student(**inputs)
+            s_cap.run(**inputs)
         return t_cap[self.teacher_layer], s_cap[self.student_layer]
 
 

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModel, DebertaV2Config, DistilBertConfig, ModernBertConfig
 
 from conftest import REPO
+from kdcore.attention_capture import SelfAttentionCapture
 from kdcore.cli import UserError
 from kdcore.families import family_of, get_path
 from kdcore.modeling import build_student
@@ -62,6 +63,32 @@ def _qkv_from_layer_input(model, layer, ids, mask):
         if family.name == "modernbert":  # pre-norm block: the fused projection reads attn_norm(h)
             return get_path(block, family.qkv)(block.attn_norm(h)).chunk(3, dim=-1)
         return tuple(get_path(block, path)(h) for path in family.qkv)
+
+
+@pytest.mark.parametrize("family", ["bert", *FAMILIES])
+def test_capture_run_stops_after_the_projections_and_records_the_same_values(family):
+    if family == "bert":
+        from transformers import BertConfig
+
+        torch.manual_seed(0)
+        model = AutoModel.from_config(BertConfig(vocab_size=120, max_position_embeddings=64, **SIZE)).eval()
+    else:
+        model = _teacher(family)
+    blocks = get_path(model, family_of(model.config).layers)
+    ids = torch.randint(3, 120, (2, 7), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        with SelfAttentionCapture(model, [1]) as full:
+            model(input_ids=ids, attention_mask=mask)
+        later_calls = []  # the next layer must never run
+        handle = blocks[2].register_forward_pre_hook(lambda *_: later_calls.append(1))
+        with SelfAttentionCapture(model, [1]) as early:
+            early.run(input_ids=ids, attention_mask=mask)
+        handle.remove()
+    assert later_calls == []
+    for part in ("query", "key", "value"):
+        assert torch.equal(getattr(early[1], part), getattr(full[1], part)), part
 
 
 @pytest.mark.parametrize("family", FAMILIES)
