@@ -46,7 +46,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    apply_preset, bench_parser, machine_info, matmul_flops_per_s, median, report, timed)
+    apply_preset, bench_parser, bf16_is_native, machine_info, matmul_flops_per_s, median, report, timed)
 
 from general_distill import METHODS  # noqa: E402
 from kdcore import distill  # noqa: E402
@@ -165,7 +165,8 @@ def main(argv=None):
                                "full": "2 warm-up + 5 timed steps per config",
                                "smoke": "tiny models, 1 step (tests)"})
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
+                   help="default: fp32, and bf16 where this machine runs bf16 matmuls natively (not emulated)")
     p.add_argument("--variants", nargs="+", choices=["current", "unfused_kl", "full_forward"], default=["current"],
                    help="toolkit states to compare in the same interleaved rounds (module docstring)")
     p.add_argument("--batch_size", type=int, default=None)
@@ -180,6 +181,14 @@ def main(argv=None):
     sizes = SIZES["smoke" if preset == "smoke" else "bench"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     set_seed(args.seed)
+    bf16_native, bf16_ratio = bf16_is_native(device)
+    precision_note = None
+    if args.precisions is None:  # the smoke preset always runs both paths (tiny shapes: the emulation costs nothing)
+        args.precisions = ["fp32", "bf16"] if bf16_native or preset == "smoke" else ["fp32"]
+        if "bf16" not in args.precisions:
+            precision_note = (f"bf16 not timed: this machine's bf16 matmul runs at {bf16_ratio:.3f}x its fp32 rate "
+                              "(emulated, no AVX512-BF16/AMX); --precisions fp32 bf16 times it anyway")
+            print(precision_note, flush=True)
 
     teacher = bert(*sizes["teacher"], args.seq_len)
     gen = torch.Generator().manual_seed(args.seed)
@@ -235,7 +244,7 @@ def main(argv=None):
                ["layers", "hidden", "heads", "intermediate", "vocab"], t)), "student": dict(zip(
                ["layers", "hidden", "heads", "intermediate", "vocab"], s)), "batch_size": args.batch_size,
             "seq_len": args.seq_len, "variants": args.variants, "repeat": args.repeat, "warmup": args.warmup,
-            "matmul_n": args.matmul_n,
+            "matmul_n": args.matmul_n, "bf16_matmul_vs_fp32": bf16_ratio, "precision_note": precision_note,
             "flops_formula": "teacher fwd N*(2*P_t + 4*L_t*T*h_t) + student fwd+bwd 3*N*(2*P_s + 4*L_s*T*h_s) "
                              "[+ tinybert fit_dense 3*N*2*P_w*(L_s+1)]; P = encoder nn.Linear weights"})
 

@@ -85,12 +85,41 @@ def matmul_flops_per_s(device: torch.device, dtype=torch.float32, n: int = 1024,
     return 2 * n**3 / seconds
 
 
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and the matrix / vector extensions that decide its bf16 speed (Linux; else platform)."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+                    flags = [flag for flag in wanted if flag in value.split()]
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
 def machine_info(device: torch.device) -> dict:
+    model, flags = cpu_model_and_flags()
     info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine()}
+            "cpu": model, "cpu_count": os.cpu_count(), "cpu_flags": flags}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def bf16_is_native(device: torch.device, n: int = 512) -> tuple[bool, float]:
+    """(whether bf16 matmuls run at least as fast as fp32 ones here, bf16 rate / fp32 rate). A CPU without
+    AVX512-BF16 or AMX emulates bf16 (tens of times slower than fp32): a bf16 step there measures the emulation."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(), float("nan")
+    ratio = matmul_flops_per_s(device, torch.bfloat16, n=n, repeat=1) / matmul_flops_per_s(device, torch.float32, n=n,
+                                                                                             repeat=3)
+    return ratio >= 1.0, ratio
 
 
 def report(name: str, rows: list[dict], columns: list[str], out_json: str, extra: dict | None = None) -> None:
