@@ -9,26 +9,28 @@ re-split into R relation heads, no padding, float32:
   computed in chunks of relation heads (and examples), at most 2^k elements of a T x T map per chunk
   (`--chunk_elements`, default 2^24 = the first chunked version's size and MAX_CHUNK_ELEMENTS = today's default).
 
-Time: median seconds of forward + backward over interleaved rounds (reference, chunked, reference, ...) in this
-process (no warm-up round: the first call of each is timed too). Peak memory: each (implementation, R) runs once more in a fresh child process; on CPU the figure is the
-growth of its peak resident memory (VmHWM) across the one forward + backward, after the inputs exist; on CUDA
-torch.cuda.max_memory_allocated minus the memory allocated before the call. The values and gradients of the two
-implementations are compared too (max relative difference).
+Every measurement is one forward + backward in a fresh child process, in interleaved rounds (reference, chunked
+2^24, chunked 2^20, reference, ...; `--repeat` rounds, no warm-up: the first call is what a training step pays
+too). The child reports its seconds, its peak memory (CPU: the growth of the process's peak resident memory,
+VmHWM, across the call, after the inputs exist; CUDA: torch.cuda.max_memory_allocated minus what was allocated
+before), the loss and the gradient. Each row gives the median seconds and peak over rounds, and the max relative
+difference of its value and gradient from the reference's.
 
     python bench/bench_relation_loss.py [--full | --smoke] [--batch_size 8] [--seq_len 512]
                                         [--relation_heads 48 64] [--chunk_elements 16777216 1048576]
                                         [--out bench/results/relation_loss.json]
 """
-import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, apply_preset, bench_parser, machine_info, report, timed_round_robin  # noqa: E402
+from common import REPO, apply_preset, bench_parser, machine_info, median, report  # noqa: E402
 
 from minilm.losses import (  # noqa: E402
     MAX_CHUNK_ELEMENTS, masked_row_kl, scaled_dot_logits, self_attention_relation_kl, split_relation_heads)
@@ -36,8 +38,8 @@ from minilm.losses import (  # noqa: E402
 TEACHER_DIM, STUDENT_DIM = 768, 384
 PRESETS = {
     "smoke": dict(batch_size=2, seq_len=32, relation_heads=[48], repeat=1),
-    "quick": dict(batch_size=8, seq_len=512, relation_heads=[48, 64], repeat=2),
-    "full": dict(batch_size=8, seq_len=512, relation_heads=[48, 64], repeat=5),
+    "quick": dict(batch_size=8, seq_len=512, relation_heads=[48, 64], repeat=1),
+    "full": dict(batch_size=8, seq_len=512, relation_heads=[48, 64], repeat=3),
 }
 
 
@@ -68,22 +70,29 @@ def forward_backward(chunk_elements, teacher, student, mask, r):
     return loss.detach(), student.grad
 
 
-def child(chunk_elements, batch, seq_len, r):
-    """Peak memory of one forward + backward in this fresh process (MB), printed as JSON."""
+def child(chunk_elements, batch, seq_len, r, result_path):
+    """One forward + backward in this fresh process: seconds, peak memory (MB), loss and gradient -> safetensors."""
+    from safetensors.torch import save_file
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher, student, mask = make_inputs(batch, seq_len, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        forward_backward(chunk_elements, teacher, student, mask, r)
+    else:
+        before = rss_peak_kib(reset=True)
+    t0 = time.perf_counter()
+    loss, grad = forward_backward(chunk_elements, teacher, student, mask, r)
+    if device.type == "cuda":
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
-        before = rss_peak_kib(reset=True)
-        forward_backward(chunk_elements, teacher, student, mask, r)
         peak = (rss_peak_kib() - before) / 1024
-    print(json.dumps({"peak_MB": peak}))
+    seconds = time.perf_counter() - t0
+    save_file({"loss": loss.reshape(1).cpu(), "grad": grad.cpu().contiguous(),
+               "seconds": torch.tensor([seconds], dtype=torch.float64),
+               "peak_MB": torch.tensor([peak], dtype=torch.float64)}, result_path)
 
 
 def rss_peak_kib(reset: bool = False) -> int:
@@ -99,53 +108,55 @@ def rss_peak_kib(reset: bool = False) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
 
 
-def peak_memory(chunk_elements, batch, seq_len, r) -> float:
+def measure(chunk_elements, batch, seq_len, r, workdir) -> dict:
+    """`child` in a fresh process: its seconds, peak_MB, loss and grad."""
+    from safetensors.torch import load_file
+
+    result = os.path.join(workdir, "result.safetensors")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", str(chunk_elements or 0), str(batch),
-                           str(seq_len), str(r)], cwd=REPO, capture_output=True, text=True)
+                           str(seq_len), str(r), result], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"bench_relation_loss.py: error: child {impl_name(chunk_elements)} R={r} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_MB"]
+        sys.exit(f"bench_relation_loss.py: error: child {impl_name(chunk_elements)} R={r} failed:\n"
+                 f"{proc.stderr[-2000:]}")
+    out = load_file(result)
+    os.remove(result)
+    return {"seconds": float(out["seconds"]), "peak_MB": float(out["peak_MB"]), "loss": out["loss"], "grad": out["grad"]}
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--_child":
-        return child(int(argv[1]) or None, int(argv[2]), int(argv[3]), int(argv[4]))
-    p = bench_parser(__doc__, {"quick": "default: batch 8 x 512 tokens, 48 and 64 relation heads, 2 rounds",
-                               "full": "the same shapes, 5 rounds", "smoke": "tiny shapes (tests)"})
+        return child(int(argv[1]) or None, int(argv[2]), int(argv[3]), int(argv[4]), argv[5])
+    p = bench_parser(__doc__, {"quick": "default: batch 8 x 512 tokens, 48 and 64 relation heads, 1 round",
+                               "full": "the same shapes, 3 rounds", "smoke": "tiny shapes (tests)"})
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--seq_len", type=int, default=None)
     p.add_argument("--relation_heads", type=int, nargs="+", default=None)
     p.add_argument("--chunk_elements", type=int, nargs="+", default=[2**24, MAX_CHUNK_ELEMENTS],
                    help="chunk sizes of the chunked loss to time beside the reference (elements, powers of 2)")
-    p.add_argument("--repeat", type=int, default=None, help="timed rounds (interleaved)")
+    p.add_argument("--repeat", type=int, default=None, help="rounds (interleaved); each call in a fresh process")
     p.add_argument("--out", default=os.path.join("bench", "results", "relation_loss.json"))
     args = p.parse_args(argv)
     preset = apply_preset(args, PRESETS)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher, student, mask = make_inputs(args.batch_size, args.seq_len, device)
     impls = {impl_name(c): c for c in [None, *dict.fromkeys(args.chunk_elements)]}
     rows = []
-    for r in args.relation_heads:
-        last = {}
-
-        def run(impl, r=r):  # keeps the last loss and gradient of each implementation for the comparison
-            loss, grad = forward_backward(impls[impl], teacher, student, mask, r)
-            last[impl] = (loss, grad.clone())
-
-        seconds = timed_round_robin({impl: (lambda impl=impl: run(impl)) for impl in impls}, repeat=args.repeat,
-                                    warmup=0)
-        ref_loss, ref_grad = last.pop("reference")
-        diffs = {impl: (float((loss - ref_loss).abs() / ref_loss.abs()),
-                        float((grad - ref_grad).abs().max() / ref_grad.abs().max())) for impl, (loss, grad) in last.items()}
-        del last, ref_grad
-        peaks = {impl: peak_memory(c, args.batch_size, args.seq_len, r) for impl, c in impls.items()}
-        for impl in impls:
-            rows.append({"relation_heads": r, "impl": impl, "fwd_bwd_s": seconds[impl],
-                         "peak_MB": peaks[impl], "time_vs_reference": seconds[impl] / seconds["reference"],
-                         "memory_vs_reference": peaks[impl] / peaks["reference"],
-                         "value_rel_diff": diffs.get(impl, (0.0, 0.0))[0],
-                         "grad_rel_diff": diffs.get(impl, (0.0, 0.0))[1]})
+    with tempfile.TemporaryDirectory() as workdir:
+        for r in args.relation_heads:
+            runs = {impl: [] for impl in impls}
+            for _ in range(args.repeat):  # interleaved rounds
+                for impl, c in impls.items():
+                    runs[impl].append(measure(c, args.batch_size, args.seq_len, r, workdir))
+            ref = runs["reference"][-1]
+            seconds = {impl: median([m["seconds"] for m in ms]) for impl, ms in runs.items()}
+            peaks = {impl: median([m["peak_MB"] for m in ms]) for impl, ms in runs.items()}
+            for impl, ms in runs.items():
+                new = ms[-1]
+                rows.append({"relation_heads": r, "impl": impl, "fwd_bwd_s": seconds[impl], "peak_MB": peaks[impl],
+                             "time_vs_reference": seconds[impl] / seconds["reference"],
+                             "memory_vs_reference": peaks[impl] / peaks["reference"],
+                             "value_rel_diff": float((new["loss"] - ref["loss"]).abs().max() / ref["loss"].abs().max()),
+                             "grad_rel_diff": float((new["grad"] - ref["grad"]).abs().max() / ref["grad"].abs().max())})
     one_map = args.batch_size * args.seq_len * args.seq_len * 4 / 2**20
     report(f"MiniLMv2 relation loss, one term forward + backward, batch {args.batch_size} x {args.seq_len}, "
            f"teacher {TEACHER_DIM} -> student {STUDENT_DIM} dims ({device.type}, {torch.get_num_threads()} threads)",
