@@ -36,7 +36,7 @@ from tinybert.glue import get_task  # noqa: E402
 SHAPES = {"base": (12, 768, 12, 3072), "small": (6, 384, 12, 1536), "tiny": (2, 32, 4, 64)}
 PRESETS = {
     "smoke": dict(rows=3, model_shape="tiny", repeat=1),
-    "quick": dict(rows=32, model_shape="small", repeat=2),
+    "quick": dict(rows=16, model_shape="small", repeat=1),
     "full": dict(rows=48, model_shape="base", repeat=2),
 }
 
@@ -104,7 +104,7 @@ def save_random_mlm(path: str, shape: str, tokenizer) -> None:
 
 
 def main(argv=None):
-    p = bench_parser(__doc__, {"quick": "default: 32 rows, 6x384 masked LM, 2 rounds",
+    p = bench_parser(__doc__, {"quick": "default: 16 rows, 6x384 masked LM, 1 round",
                                "full": "48 rows, BERT-base 12x768 masked LM, 2 rounds",
                                "smoke": "3 rows, tiny model (tests)"}, data_dir=True)
     p.add_argument("--rows", type=int, default=None, help="first N rows of SST-2 train.tsv")

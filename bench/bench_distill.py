@@ -65,7 +65,7 @@ SIZES = {
 }
 PRESETS = {  # repeat = timed steps per config (median), warmup = untimed steps per config
     "smoke": dict(repeat=1, warmup=1, batch_size=2, seq_len=16, matmul_n=128),
-    "quick": dict(repeat=3, warmup=1, batch_size=32, seq_len=128, matmul_n=2048),
+    "quick": dict(repeat=2, warmup=1, batch_size=32, seq_len=128, matmul_n=2048),
     "full": dict(repeat=5, warmup=2, batch_size=32, seq_len=128, matmul_n=2048),
 }
 
@@ -161,7 +161,7 @@ def make_step(objective, batch, amp_dtype, device, variant: str = "current"):
 
 
 def main(argv=None):
-    p = bench_parser(__doc__, {"quick": "default: 1 warm-up + 3 timed steps per config",
+    p = bench_parser(__doc__, {"quick": "default: 1 warm-up + 2 timed steps per config, fp32 (+ bf16 where native)",
                                "full": "2 warm-up + 5 timed steps per config",
                                "smoke": "tiny models, 1 step (tests)"})
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))

@@ -28,7 +28,7 @@ WRAPPER = os.path.join(REPO, "bench", "run_with_rusage.py")
 SCRIPT = os.path.join(REPO, "pregenerate_training_data.py")
 PRESETS = {
     "smoke": dict(scales=[1, 2], corpus_bytes=150_000, epochs_to_generate=1, repeat=1),
-    "quick": dict(scales=[1, 2, 4], corpus_bytes=0, epochs_to_generate=1, repeat=1),
+    "quick": dict(scales=[1, 2, 4], corpus_bytes=1_000_000, epochs_to_generate=1, repeat=1),
     "full": dict(scales=[1, 2, 4, 8], corpus_bytes=0, epochs_to_generate=3, repeat=3),
 }
 
@@ -57,7 +57,7 @@ def run_script(args_list: list[str], workdir: str) -> dict:
 
 
 def main(argv=None):
-    p = bench_parser(__doc__, {"quick": "default: the whole corpus file x1/x2/x4, one epoch, one round",
+    p = bench_parser(__doc__, {"quick": "default: the first 1 MB of the corpus x1/x2/x4, one epoch, one round",
                                "full": "x1..x8, 3 epochs, 3 rounds",
                                "smoke": "150 kB slice, x1 and x2 (tests)"}, data_dir=True)
     p.add_argument("--corpus", default="corpus/wiki.txt", help="path inside --data_dir (or absolute)")
