@@ -133,8 +133,9 @@ class _PairwiseRowKL(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float64, device=s_a.device)
         with _fp32(s_a.device):
             for bs, hs in _chunks(B, H, T, max_elements):
-                log_p = torch.matmul(t_a[bs, hs], t_b[bs, hs].transpose(-1, -2)).mul_(scale_t)
-                log_s = torch.matmul(s_a[bs, hs], s_b[bs, hs].transpose(-1, -2)).mul_(scale_s)
+                # The 1/sqrt(d) goes on one (B, h, T, d) operand: no extra pass over a T x T map.
+                log_p = torch.matmul(t_a[bs, hs] * scale_t, t_b[bs, hs].transpose(-1, -2))
+                log_s = torch.matmul(s_a[bs, hs] * scale_s, s_b[bs, hs].transpose(-1, -2))
                 if padded:  # padded keys -> MASK_VALUE, so P = S = 0 there after the softmax
                     key_pad = ~m[bs, None, None, :]
                     not_pair = ~(m[bs, :, None] & m[bs, None, :])[:, None]
