@@ -33,7 +33,7 @@ WRAPPER = os.path.join(REPO, "bench", "run_with_rusage.py")
 SCRIPT = os.path.join(REPO, "pregenerate_training_data.py")
 PRESETS = {
     "smoke": dict(scales=[1, 4], corpus_bytes=125_000),
-    "quick": dict(scales=[1, 4, 16], corpus_bytes=250_000),
+    "quick": dict(scales=[1, 4, 16], corpus_bytes=150_000),
     "full": dict(scales=[1, 4, 16], corpus_bytes=0),
 }
 FORMATS = ("json", "shards", "packed")
@@ -96,7 +96,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--_loader":
         return loader_pass(*argv[1:4])
-    p = bench_parser(__doc__, {"quick": "default: a 250 kB slice of the corpus x1/x4/x16",
+    p = bench_parser(__doc__, {"quick": "default: a 150 kB slice of the corpus x1/x4/x16",
                                "full": "the whole corpus file x1/x4/x16", "smoke": "125 kB slice (2 documents), x1 and x4 (tests)"},
                      data_dir=True)
     p.add_argument("--corpus", default="corpus/wiki.txt", help="path inside --data_dir (or absolute)")

@@ -33,7 +33,7 @@ BENCHMARKS = {
     "augment": ("bench_augment.py", "preset"),
     "decode": ("bench_decode.py", {"smoke": ["--examples", "1", "--batch_size", "1", "--beams", "1", "2",
                                              "--max_tgt_length", "3"],
-                                   "quick": [], "full": ["--examples", "32"]}),
+                                   "quick": ["--examples", "4"], "full": ["--examples", "32"]}),
 }
 
 
