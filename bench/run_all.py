@@ -19,6 +19,8 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
+from common import cpu_model_and_flags  # noqa: E402
 DATA_SCRIPTS = {"pregenerate", "augment", "corpus"}  # benchmarks that read the real data folder
 
 # name: (script, extra args per mode). Scripts with --quick/--full/--smoke presets get the mode flag itself.
@@ -78,8 +80,9 @@ def main(argv=None):
         else:
             tables.append(proc.stdout.strip())
         print(f"({name}: {timings[name]:.0f} s)", flush=True)
+    cpu, flags = cpu_model_and_flags()
     summary = [f"# Benchmarks ({mode}), {started:%Y-%m-%d %H:%M %Z}, {platform.node() or 'host'}: "
-               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+               f"{cpu} ({', '.join(flags) or 'no AVX2'}), {os.cpu_count()} CPUs",
                *tables,
                "Wall time per benchmark: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]
     tmp = os.path.join(args.results_dir, ".SUMMARY.md.tmp")
