@@ -14,7 +14,7 @@ over the configs; pct_of_matmul ("MFU") is the median over rounds of (step FLOP/
 Model FLOPs per step, with N = batch x seq tokens, T = seq, P = weights of the nn.Linear layers of the encoder
 layers that run (embeddings, LayerNorm, softmax, GELU, pooler, the loss terms' own small matmuls and the
 optimizer update are not counted: a few percent of the FLOPs, though not of the time; MiniLMv2's relation
-softmaxes over B x 48 x T x T are memory-bound and take about a fifth of an fp32 step on a 2-core CPU),
+softmaxes over B x 48 x T x T are memory-bound: about 3 x 0.3 s of an 11 s fp32 step on a 2-core CPU),
 h = hidden size, L = layers:
 
     teacher forward          F_t = N * (2 * P_t + 4 * L_t * T * h_t)          (QK^T and AV: 2 * 2 * T * h per token)
