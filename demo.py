@@ -4,7 +4,7 @@ teacher's layers but only fine-tuned; the same student from random weights; a se
 (embedding distillation) scored zero-shot on STS-B. A table (parameters, speed, SST-2 accuracy, STS-B Spearman;
 mean and spread over --seeds) and a PNG of the loss curves. Details: pipelines/demo.py.
 
-    python demo.py                      # about 30 minutes on a quiet 2-core CPU; uses a GPU when there is one
+    python demo.py                      # about 34 minutes on a quiet 2-core CPU; uses a GPU when there is one
     python demo.py --seeds 3            # three seeds: per-row mean and spread
     python demo.py --scale smoke        # a couple of minutes, every stage exercised (what the tests run)
 """

@@ -60,7 +60,7 @@ class DemoScale:
 SCALES = {
     # CI: a couple of minutes, numbers meaningless, every stage exercised.
     "smoke": DemoScale(64, 64, 1, 1, 32, 4, 8, 32, 64, 1),
-    # default: about 30 minutes per seed on a quiet 2-core CPU.
+    # default: on a quiet 2-core CPU, the teacher once (11 min) + 22 min of students per seed.
     "default": DemoScale(None, None, 1, 2, 64, 100, 32, 64, None, 3),
     # longer: for a GPU or a patient CPU.
     "long": DemoScale(None, None, 2, 3, 64, 3000, 64, 64, None, 5),
