@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, apply_preset, bench_parser, machine_info, median, report  # noqa: E402
+from run_with_rusage import maxrss_to_mb, vmhwm_mb  # noqa: E402
 
 from minilm.losses import (  # noqa: E402
     MAX_CHUNK_ELEMENTS, masked_row_kl, scaled_dot_logits, self_attention_relation_kl, split_relation_heads)
@@ -81,31 +82,26 @@ def child(chunk_elements, batch, seq_len, r, result_path):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        before = rss_peak_kib(reset=True)
+        before = peak_rss_mb(reset=True)
     t0 = time.perf_counter()
     loss, grad = forward_backward(chunk_elements, teacher, student, mask, r)
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
-        peak = (rss_peak_kib() - before) / 1024
+        peak = peak_rss_mb() - before
     seconds = time.perf_counter() - t0
     save_file({"loss": loss.reshape(1).cpu(), "grad": grad.cpu().contiguous(),
                "seconds": torch.tensor([seconds], dtype=torch.float64),
                "peak_MB": torch.tensor([peak], dtype=torch.float64)}, result_path)
 
 
-def rss_peak_kib(reset: bool = False) -> int:
-    """Peak resident memory of this process (KiB): VmHWM of /proc/self/status, which `reset` first lowers to the
-    current RSS (Linux). ru_maxrss is no use here: a child spawned by a large parent inherits the parent's peak."""
-    try:
-        if reset:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+def peak_rss_mb(reset: bool = False) -> float:
+    """This process's peak resident memory (MB): VmHWM (run_with_rusage.vmhwm_mb), else ru_maxrss."""
+    peak = vmhwm_mb(reset)
+    if peak is None:
+        peak = maxrss_to_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return peak
 
 
 def measure(chunk_elements, batch, seq_len, r, workdir) -> dict:

@@ -21,6 +21,8 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 from common import cpu_model_and_flags  # noqa: E402
+
+from kdcore.modeling import atomic_write_text  # noqa: E402
 DATA_SCRIPTS = {"pregenerate", "augment", "corpus"}  # benchmarks that read the real data folder
 
 # name: (script, extra args per mode). Scripts with --quick/--full/--smoke presets get the mode flag itself.
@@ -85,10 +87,7 @@ def main(argv=None):
                f"{cpu} ({', '.join(flags) or 'no AVX2'}), {os.cpu_count()} CPUs",
                *tables,
                "Wall time per benchmark: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]
-    tmp = os.path.join(args.results_dir, ".SUMMARY.md.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n\n".join(summary) + "\n")
-    os.replace(tmp, os.path.join(args.results_dir, "SUMMARY.md"))
+    atomic_write_text("\n\n".join(summary) + "\n", os.path.join(args.results_dir, "SUMMARY.md"))
     print(f"\nTotal {sum(timings.values()):.0f} s; tables in {os.path.join(args.results_dir, 'SUMMARY.md')}"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

@@ -16,12 +16,18 @@ import sys
 import time
 
 
-def _mb(value: int) -> float:
+def maxrss_to_mb(value: int) -> float:
     return value / (1024 * 1024) if sys.platform == "darwin" else value / 1024
 
 
-def _vmhwm_mb():
+def vmhwm_mb(reset: bool = False):
+    """Peak resident memory of this process in MB: VmHWM of /proc/self/status, which `reset` first lowers to the
+    current RSS (Linux); None where there is no /proc. Unlike ru_maxrss, it does not inherit a spawning parent's
+    peak."""
     try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     except (OSError, StopIteration):
@@ -45,11 +51,11 @@ def main():
         raise
     finally:
         wall = time.perf_counter() - start
-        me = _mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        kids = _mb(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        me = maxrss_to_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        kids = maxrss_to_mb(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
         with open(result_path, "w") as f:
             json.dump({"exit_code": code, "wall_s": wall, "maxrss_self_MB": me, "maxrss_children_MB": kids,
-                       "maxrss_MB": max(me, kids), "vmhwm_MB": _vmhwm_mb()}, f)
+                       "maxrss_MB": max(me, kids), "vmhwm_MB": vmhwm_mb()}, f)
     sys.exit(code)
 
 

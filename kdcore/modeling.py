@@ -396,13 +396,6 @@ def atomic_write_text(text: str, path: str) -> None:
 
 def atomic_write_json(obj, path: str) -> None:
     """Write JSON to `path` through a temporary file and a rename."""
-    with atomic_open(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-
-
-def atomic_write_json(obj, path: str) -> None:
-    """Write JSON to `path` through a temporary file and a rename."""
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
 
 

@@ -101,8 +101,8 @@ def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, at
 
 
 # Elements of one (examples x heads x T x T) fp32 chunk: 2**20 = 4 MiB; about four such tensors are alive at once.
-# The softmax / exp / product passes are memory-bound: chunks that stay in the CPU's caches run about a third
-# faster than 64 MiB ones (bench/bench_relation_loss.py --chunk_sizes), and bigger ones gain nothing on a GPU.
+# The softmax / exp / product passes are memory-bound: chunks that stay in the CPU's caches run up to twice as fast
+# as 64 MiB ones (bench/bench_relation_loss.py --chunk_elements), and bigger ones gain nothing on a GPU.
 MAX_CHUNK_ELEMENTS = 2**20
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import atomic_write_json
+from kdcore.modeling import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("kd.demo")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -362,9 +362,7 @@ def run_demo(args) -> dict:
     results = {"meta": meta, "rows": rows}
     atomic_write_json(results, os.path.join(out, "results.json"))
     md = results_markdown(rows, meta)
-    with open(os.path.join(out, "results.md.tmp"), "w") as fh:
-        fh.write(md)
-    os.replace(os.path.join(out, "results.md.tmp"), os.path.join(out, "results.md"))
+    atomic_write_text(md, os.path.join(out, "results.md"))
     plot_loss_curves({"embedding distillation": os.path.join(first["embedding_student"], "train_log.jsonl"),
                       **{f"SST-2 {n[5:]}": os.path.join(first[n], "train_log.jsonl")
                          for n in ("sst2_teacher", "sst2_student_distilled", "sst2_student_teacher_layers",
