@@ -23,19 +23,9 @@ from typing import Callable
 import torch
 
 from .cli import UserError
+from .files import sha256_file
 
 logger = logging.getLogger("kd")
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def teacher_fingerprint(teacher_dir: str, config) -> str:
@@ -47,7 +37,7 @@ def teacher_fingerprint(teacher_dir: str, config) -> str:
         names, teacher_dir = [os.path.basename(teacher_dir)], os.path.dirname(teacher_dir)
     for name in names:
         h.update(name.encode())
-        h.update(file_sha256(os.path.join(teacher_dir, name)).encode())
+        h.update(sha256_file(os.path.join(teacher_dir, name)).encode())
     return h.hexdigest()
 
 

@@ -26,6 +26,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from .files import sha256_file
+
 CARD_FILE = "README.md"
 ARGS_FILE = "training_args.json"
 # Arguments that name input data (files or folders), hashed into training_args.json.
@@ -154,11 +156,7 @@ def fingerprint(path: str) -> dict:
         rel = os.path.relpath(f, path) if os.path.isdir(path) else os.path.basename(f)
         digest.update(rel.encode("utf-8") + b"\0")
         if by_content:
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            digest.update(h.digest())
+            digest.update(bytes.fromhex(sha256_file(f)))
         else:
             digest.update(str(os.path.getsize(f)).encode())
     return {"path": os.path.abspath(path), "bytes": total, "files": len(files), "sha256": digest.hexdigest(),
