@@ -43,9 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed_lr", type=float, default=1e-4)
     p.add_argument("--relation_weight", type=float, default=0.0,
                    help="MiniLMv2 relation terms beside the embedding loss (0: embedding loss alone)")
-    p.add_argument("--temperature", type=float, default=1.0, help="soft-label temperature of task distillation")
-    p.add_argument("--teacher_lr", type=float, default=5e-5)
+    p.add_argument("--heldout_fraction", type=float, default=0.1,
+                   help="share of SST-2 train.tsv held out for choosing recipes; every model trains on the rest")
+    p.add_argument("--teacher_epochs", type=float, default=None, help="override the scale's teacher epochs")
+    p.add_argument("--teacher_lr", type=float, default=1e-4)
     p.add_argument("--student_lr", type=float, default=1e-4)
+    p.add_argument("--temperature", type=float, default=1.0, help="soft-label temperature of task distillation")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the gold-label loss beside the soft labels")
+    p.add_argument("--stage1_epochs", type=float, default=2.0, help="TinyBERT stage 1 (intermediate layers) epochs")
+    p.add_argument("--stage1_lr", type=float, default=5e-5, help="TinyBERT stage 1 learning rate (constant)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also the rows between the control and the recipe: soft labels alone, the Hinton mix alone")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="stages run side by side, each with cores / jobs threads (2 on a 2-core CPU: about 1.3x faster)")
     return p
 
 

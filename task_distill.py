@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_step", type=int, default=50, help="stage 2: evaluate (and keep the best) every N steps")
     p.add_argument("--pred_distill", action="store_true", help="stage 2: prediction-layer distillation")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--alpha", type=float, default=None,
+                   help="stage 2, classification: weight of the gold-label cross-entropy in alpha * CE(gold) + "
+                        "(1 - alpha) * T^2 * KL(teacher || student) (Hinton et al.); default: TinyBERT's soft "
+                        "cross-entropy alone")
     p.add_argument(LOSS_REDUCTION.flag, **LOSS_REDUCTION.kwargs)  # shared with general_distill.py's tinybert
     p.add_argument("--stsb_target", choices=["teacher", "gold"], default="teacher",
                    help="STS-B prediction-layer distillation regresses on the teacher's score (default) or, as "
@@ -52,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_url", default="", help="accepted for compatibility (Huawei cloud); unused")
     p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--max_eval_examples", type=int, default=None, help="use only the first N dev examples")
-    add_runtime_args(p, defaults={"learning_rate": 5e-5, "weight_decay": 0.01}, aliases={"weight_decay": ["--wd"]})
+    # Schedule and warmup default by stage (None here, set in run_task_distill): stage 1 as TinyBERT's intermediate
+    # stage, a constant rate without warmup; stage 2 linear decay after 10 % warmup.
+    add_runtime_args(p, defaults={"learning_rate": 5e-5, "weight_decay": 0.01, "lr_schedule": None,
+                                  "warmup_proportion": None}, aliases={"weight_decay": ["--wd"]})
     return p
 
 

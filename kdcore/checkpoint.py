@@ -125,7 +125,7 @@ RUN_IDENTITY_ARGS = (
     "aug_train", "do_lower_case", "train_batch_size", "per_gpu_train_batch_size", "gradient_accumulation_steps",
     "learning_rate", "weight_decay", "adam_epsilon", "adam_beta1", "adam_beta2", "warmup_proportion",
     "num_warmup_steps", "lr_schedule", "seed", "max_seq_length", "max_source_seq_length", "max_target_seq_length",
-    "num_relation_heads", "teacher_layer", "temperature", "max_train_examples", "fp16", "bf16",
+    "num_relation_heads", "teacher_layer", "temperature", "alpha", "max_train_examples", "fp16", "bf16",
 )
 
 

@@ -69,3 +69,7 @@ def distill_embeddings():
 
 def eval_sts():
     _run("eval_sts")
+
+
+def fit_mlm_head():
+    _run("fit_mlm_head")

@@ -261,3 +261,45 @@ def label_order(task: GlueTask, config=None) -> list[str] | None:
             "was it fine-tuned on another task?"
         )
     return [lower[n.lower()] for n in names]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Held-out selection slice
+# --------------------------------------------------------------------------------------------------------------
+def write_heldout_split(data_dir: str, task: GlueTask, out_dir: str, heldout_fraction: float, seed: int = 0) -> dict:
+    """Split a task's train.tsv into a selection folder: OUT/train.tsv (the rest) and OUT/dev.tsv (a held-out
+    slice of `heldout_fraction` of the training rows, chosen by a seeded permutation, kept in file order).
+
+    Hyperparameters (epochs, learning rate, temperature, ...) are chosen by training on OUT/train.tsv and scoring
+    on OUT/dev.tsv, so the real dev set is read only to report. Rows are copied byte for byte (header kept), and
+    every row is first checked by the task's reader. An existing folder with the same split is reused; one with
+    other content is an error, never overwritten."""
+    from kdcore.files import atomic_open
+
+    if not 0.0 < heldout_fraction < 1.0:
+        raise UserError(f"--heldout_fraction {heldout_fraction}: must be between 0 and 1 (exclusive)")
+    (train_path,) = split_file(data_dir, "train", task)
+    read_examples(task, train_path, "train")  # every row valid before anything is written
+    rows = read_tsv(train_path)
+    header, body = (rows[:1], rows[1:]) if task.has_header else ([], rows)
+    n_heldout = max(1, round(heldout_fraction * len(body)))
+    if n_heldout >= len(body):
+        raise UserError(f"--heldout_fraction {heldout_fraction}: leaves no training rows of {len(body)} in {train_path}")
+    chosen = set(np.random.default_rng(seed).permutation(len(body))[:n_heldout].tolist())
+    head = ["\t".join(r) for _, r in header]
+    parts = {"train.tsv": head + ["\t".join(r) for i, (_, r) in enumerate(body) if i not in chosen],
+             "dev.tsv": head + ["\t".join(r) for i, (_, r) in enumerate(body) if i in chosen]}
+    os.makedirs(out_dir, exist_ok=True)
+    for name, lines in parts.items():
+        text = "\n".join(lines) + "\n"
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                if f.read() != text:
+                    raise UserError(f"{path}: exists with another split (other source, fraction or seed); "
+                                    f"remove it or choose another folder")
+            continue
+        with atomic_open(path) as f:
+            f.write(text)
+    return {"source": train_path, "train_rows": len(body) - n_heldout, "heldout_rows": n_heldout,
+            "heldout_fraction": heldout_fraction, "seed": seed}

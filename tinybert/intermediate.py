@@ -83,9 +83,17 @@ class TinyBertIntermediateObjective(DistillObjective):
 
 def build_fit_dense(student_config, teacher_config) -> nn.Linear:
     """W: student width -> teacher width, initialised as BERT initialises a linear layer (as TinyBERT's
-    init_bert_weights did for fit_dense): weights N(0, initializer_range), bias 0."""
+    init_bert_weights did for fit_dense): weights N(0, initializer_range), bias 0.
+
+    A student that starts from the teacher's own layers (config `student_init` names teacher layers) at the
+    teacher's width already speaks in the teacher's hidden space: W starts as the identity there, so the first
+    steps refine that start instead of pulling it towards a random projection."""
     fit_dense = nn.Linear(student_config.hidden_size, teacher_config.hidden_size)
-    fit_dense.weight.data.normal_(mean=0.0, std=getattr(student_config, "initializer_range", 0.02))
+    from_teacher = bool((getattr(student_config, "student_init", None) or {}).get("layers"))
+    if from_teacher and student_config.hidden_size == teacher_config.hidden_size:
+        nn.init.eye_(fit_dense.weight)
+    else:
+        fit_dense.weight.data.normal_(mean=0.0, std=getattr(student_config, "initializer_range", 0.02))
     fit_dense.bias.data.zero_()
     return fit_dense
 

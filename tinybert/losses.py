@@ -117,3 +117,21 @@ def regression_mse(student_predictions: torch.Tensor, target_predictions: torch.
     """Prediction-layer loss for regression tasks (STS-B): L = mean_b (y^S_b - y_b)^2, where y is the teacher's
     score (the toolkit's default) or the gold score (TinyBERT's code, `--stsb_target gold`)."""
     return F.mse_loss(student_predictions.float().view(-1), target_predictions.float().view(-1))
+
+
+def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                   temperature: float, alpha: float) -> torch.Tensor:
+    """Soft labels mixed with the gold labels (Hinton et al., 2015):
+
+        L = alpha * CE(z^S, y) + (1 - alpha) * T^2 * (1/B) * sum_b KL( softmax(z^T_b / T) || softmax(z^S_b / T) )
+
+    The T^2 keeps the soft term's gradient on the scale of the gold term's as T grows. With alpha = 0 the gradient
+    equals `soft_cross_entropy`'s times T^2 (KL and soft cross-entropy differ by the teacher's entropy, a constant).
+    Shapes (B, C) and (B,).
+    """
+    t = temperature
+    log_target = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    kl = F.kl_div(F.log_softmax(student_logits.float() / t, dim=-1), log_target, reduction="batchmean",
+                  log_target=True)
+    gold = F.cross_entropy(student_logits.float(), labels)
+    return alpha * gold + (1.0 - alpha) * t * t * kl

@@ -35,14 +35,16 @@ from tinybert.classification import (
 )
 from tinybert.glue import GlueTask, encode, get_task, label_order, load_split
 from tinybert.intermediate import TinyBertIntermediateObjective
-from tinybert.losses import regression_mse, soft_cross_entropy, soft_cross_entropy_original
+from tinybert.losses import hinton_kd_loss, regression_mse, soft_cross_entropy, soft_cross_entropy_original
 
 logger = logging.getLogger("kd.task_distill")
 
 
 class PredictionDistillObjective(DistillObjective):
     """Stage 2: the student's logits against the teacher's (soft cross-entropy at `temperature`; MSE for
-    regression tasks, to the teacher's score or, with stsb_target="gold", to the gold score). With `teacher_logits`
+    regression tasks, to the teacher's score or, with stsb_target="gold", to the gold score). With `alpha` (a
+    number in [0, 1]) a classification student learns from `hinton_kd_loss` instead: alpha x gold-label cross-entropy
+    + (1 - alpha) x T^2 x KL to the teacher's softened distribution. With `teacher_logits`
     (N, C), the teacher's logits are read from it by each batch's `example_index` instead of running the teacher
     (see kdcore/logit_cache.py)."""
 
@@ -50,8 +52,9 @@ class PredictionDistillObjective(DistillObjective):
 
     def __init__(self, teacher: nn.Module, student: nn.Module, task: GlueTask, temperature: float = 1.0,
                  loss_reduction: str = "real_tokens", stsb_target: str = "teacher",
-                 teacher_logits: torch.Tensor | None = None):
+                 teacher_logits: torch.Tensor | None = None, alpha: float | None = None):
         super().__init__(teacher, student)
+        self.alpha = alpha  # None: TinyBERT's soft cross-entropy alone
         self.task = task
         self.temperature = temperature
         self.loss_reduction = loss_reduction  # "real_tokens" or TinyBERT's "original" (class-averaged soft CE)
@@ -69,6 +72,8 @@ class PredictionDistillObjective(DistillObjective):
         if self.task.labels is None:
             target = labels if self.regression_target == "gold" else t_logits
             loss = regression_mse(s_logits, target)
+        elif self.alpha is not None:
+            loss = hinton_kd_loss(s_logits, t_logits, labels, self.temperature, self.alpha)
         elif self.loss_reduction == "original":
             loss = soft_cross_entropy_original(s_logits, t_logits, self.temperature)
         else:
@@ -121,6 +126,21 @@ def _check_teacher(teacher, task: GlueTask, path: str, pred_distill: bool) -> No
         logger.warning("--teacher_model %s is not fine-tuned for %s: only its intermediate layers are used", path, task.name)
 
 
+def resolve_stage_defaults(args) -> None:
+    """The schedule and warmup a stage trains with unless given: TinyBERT trained its intermediate-layer stage at a
+    constant rate with no warmup (BertAdam schedule "none"), its prediction-layer stage with linear decay after
+    10 % warmup. The run record (model card, training_args.json) gets the values used."""
+    from kdcore.model_card import current_run
+
+    if getattr(args, "lr_schedule", None) is None:
+        args.lr_schedule = "linear" if args.pred_distill else "constant"
+    if getattr(args, "warmup_proportion", None) is None:
+        args.warmup_proportion = 0.1 if args.pred_distill else 0.0
+    run = current_run()
+    if run is not None:
+        run.args.update(lr_schedule=args.lr_schedule, warmup_proportion=args.warmup_proportion)
+
+
 def run_task_distill(args) -> dict:
     from transformers import AutoModelForSequenceClassification
 
@@ -130,6 +150,10 @@ def run_task_distill(args) -> dict:
 
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
+    resolve_stage_defaults(args)
+    if args.alpha is not None and (task.labels is None or not args.pred_distill):
+        raise UserError("--alpha mixes gold and soft labels in prediction-layer distillation (--pred_distill) of a "
+                        f"classification task; not for {'stage 1' if task.labels is not None else task.name}")
     if args.stsb_target == "gold" and task.labels is not None:
         raise UserError(f"--stsb_target gold is for the regression task STS-B, not {task.name}")
     if not os.path.isdir(args.data_dir):
@@ -205,7 +229,7 @@ def run_task_distill(args) -> dict:
     if args.pred_distill:
         objective = PredictionDistillObjective(teacher, student, task, args.temperature,
                                                loss_reduction=args.loss_reduction, stsb_target=args.stsb_target,
-                                               teacher_logits=teacher_logits)
+                                               teacher_logits=teacher_logits, alpha=args.alpha)
     else:
         objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction,
                                                   layer_map=args.layer_map)
