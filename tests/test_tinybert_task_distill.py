@@ -227,6 +227,10 @@ def test_glue_pipeline_on_real_slices(tmp_path, shared_data, base_teacher_dir, t
     from safetensors.torch import load_file
 
     assert load_file(os.path.join(s1, "fit_dense.safetensors"))["weight"].shape == (96, 64)
+    # stage 1 trains as TinyBERT's intermediate stage did: a constant rate, no warmup (recorded in its card)
+    assert {r["lr"] for r in log} == {1e-3}
+    card1 = _json(os.path.join(s1, "training_args.json"))["args"]
+    assert (card1["lr_schedule"], card1["warmup_proportion"]) == ("constant", 0.0)
 
     # 3) stage 2: prediction layer; the best checkpoint on the task's metric is kept and reported
     task_distill.main(["--pred_distill", "--teacher_model", teacher_dir, "--student_model", s1, "--task_name",
@@ -245,6 +249,7 @@ def test_glue_pipeline_on_real_slices(tmp_path, shared_data, base_teacher_dir, t
     from kdcore.model_card import read_front_matter
 
     card = _json(os.path.join(s2, "training_args.json"))
+    assert (card["args"]["lr_schedule"], card["args"]["warmup_proportion"]) == ("linear", 0.1)  # stage 2's defaults
     assert card["global_step"] == res2["global_step"] and card["results"][task.metric] == res2[task.metric]
     assert card["args"]["pred_distill"] is True and card["inputs"][0]["path"] == os.path.abspath(data)
     meta = read_front_matter(s2)
