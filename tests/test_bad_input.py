@@ -13,6 +13,7 @@ Rows in `LATE` are defects that can only show once earlier work has run (a damag
 data was read and checked); there the error line is still the only error and the last line, and may follow the
 toolkit's own INFO log records and progress bars of that earlier work, but never a warning or a traceback.
 """
+import argparse
 import json
 import os
 import re
@@ -90,6 +91,12 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
     }.items():
         p[name.replace(".", "_")] = _write(f"{t}/cfg/{name}", text)
     # pregenerated data
+    from tinybert.masked_lm_instances import pregenerate_packed
+
+    corpus_slice = _write(f"{t}/packed_corpus.txt", "\n\n".join(real_paragraphs(shared_data, 6)))
+    pregenerate_packed(argparse.Namespace(max_seq_len=32, train_corpus=corpus_slice, output_dir=f"{t}/packed",
+                                          corpus_format="auto", max_documents=None), bert_tokenizer)
+    p["packed"] = f"{t}/packed"
     p["pregen"] = write_pregenerated(f"{t}/pregen", bert_tokenizer, real_paragraphs(shared_data, 6), epochs=1, max_seq_len=32)
     with open(f"{t}/pregen/epoch_0.json", "rb") as f:
         lines = f.read().splitlines(keepends=True)
@@ -171,6 +178,8 @@ BASE = {
     "data_augmentation.py": "--pretrained_bert_model {teacher} --glove_embs {glove} --glue_dir {glue_root} "
                             "--task_name SST-2 --output_file {out}/train_aug.tsv",
     "demo.py": "--output_dir {out}",
+    "fit_mlm_head.py": "--teacher_model {teacher} --pregenerated_data {packed} --max_steps 1 --heldout_blocks 2 "
+                       "--output_dir {out}",
 }
 
 ROWS = [
@@ -204,6 +213,8 @@ ROWS = [
     ("gd-pregen-torn-line", "general_distill.py", "--pregenerated_data {pregen_torn}", "epoch_0.json:6: not valid JSON"),
     ("gd-output-under-file", "general_distill.py", "--output_dir {blocker}/out", "--output_dir {blocker}/out: cannot write there"),
     # task_distill.py
+    ("td-alpha-above-one", "task_distill.py", "--pred_distill --alpha 1.5", "argument --alpha: must be in [0, 1]"),
+    ("td-alpha-stage1", "task_distill.py", "--alpha 0.5", "--alpha mixes gold and soft labels"),
     ("td-temperature-zero", "task_distill.py", "--temperature 0", "argument --temperature: must be greater than 0"),
     ("td-config-temperature-zero", "task_distill.py", "--config {temp_zero_yaml}", "temperature (--temperature): must be greater than 0"),
     ("td-seq-length-zero", "task_distill.py", "--max_seq_length 0", "argument --max_seq_length"),
@@ -298,6 +309,18 @@ ROWS = [
     ("demo-lr-zero", "demo.py", "--student_lr 0", "argument --student_lr"),
     ("demo-teacher-missing", "demo.py", "--teacher_model {tmp}/no_teacher", "demo input not found"),
     ("demo-output-under-file", "demo.py", "--output_dir {blocker}/demo", "cannot write there"),
+    ("demo-jobs-zero", "demo.py", "--jobs 0", "argument --jobs"),
+    ("demo-heldout-one", "demo.py", "--heldout_fraction 1", "argument --heldout_fraction"),
+    ("demo-alpha-above-one", "demo.py", "--alpha 2", "argument --alpha"),
+    ("demo-stage1-epochs-zero", "demo.py", "--stage1_epochs 0", "argument --stage1_epochs"),
+    # fit_mlm_head.py
+    ("mlm-heldout-zero", "fit_mlm_head.py", "--heldout_blocks 0", "argument --heldout_blocks"),
+    ("mlm-heldout-all", "fit_mlm_head.py", "--heldout_blocks 100000", "--heldout_blocks 100000: the packed data has only"),
+    ("mlm-data-missing", "fit_mlm_head.py", "--pregenerated_data {tmp}/no_packed", "no packed_metrics.json"),
+    ("mlm-data-not-packed", "fit_mlm_head.py", "--pregenerated_data {pregen}", "no packed_metrics.json"),
+    ("mlm-batch-zero", "fit_mlm_head.py", "--train_batch_size 0", "argument --train_batch_size"),
+    ("mlm-teacher-missing", "fit_mlm_head.py", "--teacher_model {tmp}/no_teacher", "--teacher_model"),
+    ("mlm-lr-nan", "fit_mlm_head.py", "--learning_rate nan", "finite"),
 ]
 # Defects found only after earlier work (see the module docstring).
 LATE = {"gd-pregen-latin1", "gd-pregen-torn-line", "gd-teacher-truncated", "gd-teacher-empty-weights", "gd-teacher-remote-code", "gd-student-heads",

@@ -139,13 +139,13 @@ def run_fit_mlm_head(args) -> dict:
     from kdcore.runtime import Runtime
     from kdcore.trainer import train
 
-    ensure_writable_dir(args.output_dir)
     tokenizer = load_tokenizer(args.teacher_model, "--teacher_model")
     if tokenizer.mask_token_id is None:
         raise UserError(f"--teacher_model {args.teacher_model}: its tokenizer has no mask token")
     blocks = PackedBlocks(args.pregenerated_data, tokenizer)
     if args.heldout_blocks >= len(blocks):
         raise UserError(f"--heldout_blocks {args.heldout_blocks}: the packed data has only {len(blocks)} blocks")
+    ensure_writable_dir(args.output_dir)
     rt = Runtime(args)
     model, info = hf_from_pretrained(AutoModelForMaskedLM, args.teacher_model, "--teacher_model",
                                      output_loading_info=True)
