@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage1_lr", type=float, default=5e-5, help="TinyBERT stage 1 learning rate (constant)")
     p.add_argument("--ablation", action="store_true",
                    help="also the rows between the control and the recipe: soft labels alone, the Hinton mix alone")
+    p.add_argument("--augment", type=int, default=0,
+                   help="N > 0: also the row with TinyBERT's data augmentation (N variants a sentence; a masked-LM head "
+                        "is fitted to the teacher first)")
     p.add_argument("--jobs", type=int, default=1,
                    help="stages run side by side, each with cores / jobs threads (2 on a 2-core CPU: about 1.3x faster)")
     return p

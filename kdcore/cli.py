@@ -145,7 +145,7 @@ RANGE_RULES: dict[str, tuple] = {
     "max_source_seq_length": (3, True, _INF, True, ()),  # [CLS] token [SEP]
     "max_target_seq_length": (2, True, _INF, True, ()),  # token [SEP]
     **{name: AT_LEAST_0 for name in (
-        "save_steps", "eval_step", "num_warmup_steps", "dataloader_num_workers", "subset", "min_len",
+        "save_steps", "eval_step", "augment", "num_warmup_steps", "dataloader_num_workers", "subset", "min_len",
         "num_max_mask_token")},  # 0: never (save only at the end, evaluate only at the end, decode everything...)
     "seed": (0, True, 2**32 - 1, True, ()),  # numpy's seed range
     "max_steps": (1, True, _INF, True, (-1, 0)),  # -1 / 0: train for --num_train_epochs

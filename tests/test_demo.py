@@ -15,38 +15,58 @@ def test_demo_smoke_runs_every_stage(tmp_path, shared_data):
     out = tmp_path / "demo"
     env = dict(os.environ)
     r = subprocess.run([sys.executable, os.path.join(REPO, "demo.py"), "--scale", "smoke", "--output_dir", str(out),
-                        "--data_dir", shared_data], env=env, capture_output=True, text=True, timeout=900)
+                        "--data_dir", shared_data, "--ablation", "--augment", "2", "--jobs", "2"], env=env,
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.load(open(out / "results.json"))
-    rows = {row["model"]: row for row in results["rows"]}
-    assert len(rows) == 5
-    teacher, distilled, from_teacher, random_init, embedding = results["rows"]
+    rows = {row["key"]: row for row in results["rows"]}
+    assert list(rows) == ["teacher", "gold_random", "gold_pretrained_layers", "gold_finetuned_layers", "kd_soft",
+                          "kd_hinton", "kd_stage1_hinton", "kd_aug_stage1_hinton", "embedding"]
     from transformers import AutoModel
 
+    teacher = rows["teacher"]
     assert teacher["parameters"] == sum(p.numel() for p in AutoModel.from_pretrained(results["meta"]["teacher_path"]).parameters())
-    assert distilled["parameters"] < teacher["parameters"]
-    assert distilled["parameters"] == from_teacher["parameters"] == random_init["parameters"]
-    for row in (teacher, distilled, from_teacher, random_init):
-        acc = row["sst2_dev_accuracy"]
-        assert 0.0 <= acc["min"] <= acc["mean"] <= acc["max"] <= 1.0 and acc["n"] == 1
+    students = [r for k, r in rows.items() if k != "teacher"]
+    assert all(r["parameters"] == students[0]["parameters"] < teacher["parameters"] for r in students)
+    for key, row in rows.items():
+        if key == "embedding":
+            continue
+        for metric in ("sst2_dev_accuracy", "sst2_heldout_accuracy"):
+            acc = row[metric]
+            assert 0.0 <= acc["min"] <= acc["mean"] <= acc["max"] <= 1.0 and acc["n"] == 1
         assert row["sentences_per_s"] > 0
-    for row in (teacher, from_teacher, embedding):
-        assert -100 <= row["stsb_spearman"]["mean"] <= 100
+    for key in ("teacher", "gold_pretrained_layers", "embedding"):
+        assert -100 <= rows[key]["stsb_spearman"]["mean"] <= 100
     assert (out / "results.md").read_text().count("|") > 20
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the distilled student started from the fine-tuned teacher's layers and learnt from its cached logits
+    # every model trained on the selection split only: 90 % of train.tsv; the held-out 10 % scored each run
+    select = out / "sst2_select"
+    assert results["meta"]["split"]["heldout_rows"] == 692
+    assert len((select / "dev.tsv").read_text().splitlines()) == 693
     seed = out / "seed42"
-    cfg = json.load(open(seed / "sst2_student_distilled" / "config.json"))
-    assert cfg["student_init"]["layers"] == [2, 4, 6]
+    for key in ("gold_finetuned_layers", "kd_stage1", "kd_stage1_hinton", "kd_hinton"):
+        card = json.load(open(seed / key / "training_args.json"))
+        assert card["args"]["data_dir"] == str(select), key
+    # the control and the distilled students start from the same folder: the fine-tuned teacher's layers 2, 4, 6
+    start = str(out / "student_finetuned_teacher_layers")
+    assert json.load(open(os.path.join(start, "config.json")))["student_init"]["layers"] == [2, 4, 6]
+    assert json.load(open(seed / "gold_finetuned_layers" / "training_args.json"))["args"]["model_name_or_path"] == start
+    stage1 = json.load(open(seed / "kd_stage1" / "training_args.json"))["args"]
+    assert stage1["student_model"] == start and stage1["lr_schedule"] == "constant"
+    hinton = json.load(open(seed / "kd_stage1_hinton" / "training_args.json"))["args"]
+    assert hinton["alpha"] == results["meta"]["recipe"]["alpha"] and hinton["student_model"] == str(seed / "kd_stage1")
     assert os.listdir(out / "teacher_logits")
+    # augmentation: a masked-LM head was fitted (held-out accuracy reported), train_aug.tsv written from the split
+    assert "heldout_mlm_accuracy" in json.load(open(out / "teacher_mlm" / "eval_results.json"))
+    assert len((select / "train_aug.tsv").read_text().splitlines()) > 64
     # the embedding student is a sentence-transformers folder whose weights moved away from the teacher-layer start
     from sentence_transformers import SentenceTransformer
 
     assert SentenceTransformer(str(seed / "embedding_student"), device="cpu").encode(["a test"]).shape == (1, 384)
     trained = load_file(seed / "embedding_student" / "model.safetensors")
-    start = load_file(out / "student_teacher_layers" / "model.safetensors")
-    assert trained.keys() == start.keys()
-    assert any(not torch.equal(trained[k], start[k]) for k in trained)
+    start_weights = load_file(out / "student_teacher_layers" / "model.safetensors")
+    assert trained.keys() == start_weights.keys()
+    assert any(not torch.equal(trained[k], start_weights[k]) for k in trained)
 
 
 def test_rows_report_mean_and_spread_over_seeds():
@@ -60,4 +80,4 @@ def test_rows_report_mean_and_spread_over_seeds():
     meta = {"finished": "now", "device": "cpu", "scale": "default", "wall_seconds": 60, "seeds": [42, 43, 44],
             "teacher_name": "t"}
     md = results_markdown(rows, meta)
-    assert "| 82.00 ± 2.00 (80.00-84.00) | - |" in md and "seeds 42, 43, 44" in md
+    assert "| - | 82.00 ± 2.00 (80.00-84.00) | - |" in md and "seeds 42, 43, 44" in md
