@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher_epochs", type=float, default=None, help="override the scale's teacher epochs")
     p.add_argument("--teacher_lr", type=float, default=1e-4)
     p.add_argument("--student_lr", type=float, default=1e-4)
-    p.add_argument("--temperature", type=float, default=1.0, help="soft-label temperature of task distillation")
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the gold-label loss beside the soft labels")
+    p.add_argument("--temperature", type=float, default=4.0, help="soft-label temperature of task distillation")
+    p.add_argument("--alpha", type=float, default=0.1, help="weight of the gold-label loss beside the soft labels")
     p.add_argument("--stage1_epochs", type=float, default=2.0, help="TinyBERT stage 1 (intermediate layers) epochs")
     p.add_argument("--stage1_lr", type=float, default=5e-5, help="TinyBERT stage 1 learning rate (constant)")
     p.add_argument("--ablation", action="store_true",
