@@ -81,3 +81,15 @@ def test_rows_report_mean_and_spread_over_seeds():
             "teacher_name": "t"}
     md = results_markdown(rows, meta)
     assert "| - | 82.00 ± 2.00 (80.00-84.00) | - |" in md and "seeds 42, 43, 44" in md
+
+
+def test_recipe_file_is_the_demo_default():
+    """configs/recipes/sst2_demo.yaml parses with demo.py's arguments and holds exactly its defaults."""
+    import demo
+    from kdcore.cli import parse_args
+
+    recipe = os.path.join(REPO, "configs", "recipes", "sst2_demo.yaml")
+    with_recipe = vars(parse_args(demo.build_parser(), ["--config", recipe]))
+    defaults = vars(parse_args(demo.build_parser(), []))
+    with_recipe.pop("config"), defaults.pop("config")
+    assert with_recipe == defaults
