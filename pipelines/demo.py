@@ -380,11 +380,12 @@ def run_demo(args) -> dict:
     gold = [*finetune, "--evaluate_during_training", "--logging_steps", scale.student_eval_steps]
     # Every student: same epochs, learning rate and batch; no warmup, no weight decay; the last model is reported.
     student_recipe = ["--num_train_epochs", scale.student_epochs, "--learning_rate", args.student_lr]
-    def stage(folder, name, script, argv, marker="eval_results.json", seed=None):
+    def stage(folder, name, script, argv, marker="eval_results.json", seed=None, share=False):
+        """One stage; `share`: it runs beside others (--jobs), on its share of the cores."""
         if _done(folder, marker):
             return
         argv = [*argv, "--output_dir", folder] + ([] if seed is None else ["--seed", seed])
-        _run(name, script, argv, logs, times, threads)
+        _run(name, script, argv, logs, times, threads if share else None)
         with _TIMES_LOCK:
             atomic_write_json(times, times_path)
 
@@ -448,7 +449,7 @@ def run_demo(args) -> dict:
 
     def run_chain(chain):
         for folder, name, script, argv, seed in chain:
-            stage(folder, name, script, argv, seed=seed)
+            stage(folder, name, script, argv, seed=seed, share=True)
 
     # Chains in order of what the table needs most: every seed's control and recipe first, the ablation rows last
     # (a demo stopped early still has its headline rows complete).
