@@ -119,6 +119,18 @@ class MaskedLMHeadObjective(nn.Module):
         return {"loss": loss, "mlm_loss": loss.detach(), "mlm_accuracy": accuracy.detach()}
 
 
+def keep_pooler(model: nn.Module, teacher_path: str) -> None:
+    """A masked-LM class drops the encoder's pooler; put the teacher's back (frozen, unused by the head), so that
+    the saved folder still loads as the teacher's encoder (`AutoModel`) with no missing keys."""
+    from transformers import AutoModel
+
+    base = model.base_model
+    if getattr(base, "pooler", "absent") is None:
+        encoder = hf_from_pretrained(AutoModel, teacher_path, "--teacher_model")
+        if getattr(encoder, "pooler", None) is not None:
+            base.pooler = encoder.pooler
+
+
 def heldout_accuracy(objective: MaskedLMHeadObjective, data: MaskedBlocks, batch_size: int, device) -> dict:
     """Masked-token accuracy and loss over every masked position of the held-out blocks."""
     def step(obj, batch):
@@ -157,6 +169,7 @@ def run_fit_mlm_head(args) -> dict:
     if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
         raise UserError(f"--teacher_model {args.teacher_model}: its config unties the decoder from the word "
                         "embeddings (tie_word_embeddings false); this command fits a tied head")
+    keep_pooler(model, args.teacher_model)
     objective = MaskedLMHeadObjective(model)
     n_train = len(blocks) - args.heldout_blocks
     train_set = MaskedBlocks(blocks, list(range(n_train)), tokenizer, args.seed)
