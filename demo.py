@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", type=int, default=0,
                    help="N > 0: also the row with TinyBERT's data augmentation (N variants a sentence; a masked-LM head "
                         "is fitted to the teacher first)")
+    p.add_argument("--general", action="store_true",
+                   help="also compare the general-distillation methods (tinybert, minilm, minilmv2, embedding MSE, "
+                        "minilmv2 + embedding MSE; minilmv2 from random init) under one token budget, each scored on "
+                        "STS-B zero-shot and on SST-2 after fine-tuning; the best also through task distillation")
+    p.add_argument("--general_tokens", type=int, default=None,
+                   help="override the scale's token budget of each general-distillation method")
+    p.add_argument("--general_lr", type=float, default=1e-4, help="learning rate of every general-distillation method")
+    p.add_argument("--general_warmup", type=float, default=0.1,
+                   help="warmup proportion of every general-distillation method (then linear decay)")
     p.add_argument("--jobs", type=int, default=1,
                    help="stages run side by side, each with cores / jobs threads (2 on a 2-core CPU: about 1.3x faster)")
     return p

@@ -141,7 +141,7 @@ RANGE_RULES: dict[str, tuple] = {
         "max_query_length", "doc_stride", "max_answer_length", "n_best_size", "ngram_size", "num_relation_heads",
         "epochs_to_generate", "num_workers", "max_predictions_per_seq", "max_documents", "max_train_examples",
         "max_eval_examples", "glove_vocab_size", "M", "N", "logging_steps", "save_total_limit",
-        "distill_steps", "embed_steps", "seeds", "heldout_blocks", "jobs")},
+        "distill_steps", "embed_steps", "seeds", "heldout_blocks", "jobs", "general_tokens")},
     "max_source_seq_length": (3, True, _INF, True, ()),  # [CLS] token [SEP]
     "max_target_seq_length": (2, True, _INF, True, ()),  # token [SEP]
     **{name: AT_LEAST_0 for name in (
@@ -154,7 +154,7 @@ RANGE_RULES: dict[str, tuple] = {
     # optimisation
     **{name: POSITIVE for name in (
         "adam_epsilon", "num_train_epochs", "temperature", "distill_lr", "teacher_lr", "student_lr", "embed_lr",
-        "teacher_epochs", "stage1_epochs", "stage1_lr")},
+        "teacher_epochs", "stage1_epochs", "stage1_lr", "general_lr")},
     # --learning_rate 0 is allowed: the weights stay as they are (a run through the training path that changes
     # nothing, which the tests use to check what a run starts from)
     "learning_rate": AT_LEAST_0,
@@ -162,6 +162,7 @@ RANGE_RULES: dict[str, tuple] = {
     "adam_beta2": UNIT_INTERVAL_OPEN_TOP,
     "weight_decay": AT_LEAST_0,
     "warmup_proportion": PROBABILITY,
+    "general_warmup": PROBABILITY,
     "label_smoothing": UNIT_INTERVAL_OPEN_TOP,
     "alpha": PROBABILITY,  # weight of the gold-label loss beside the soft labels
     "heldout_fraction": (0, False, 1, False, ()),

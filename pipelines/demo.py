@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -45,6 +44,8 @@ import torch
 
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.modeling import atomic_write_json, atomic_write_text
+from pipelines.general_comparison import DemoStages, corpus_files, run_general_comparison
+from pipelines.reporting import format_stat, mean_spread, plot_loss_curves
 
 logger = logging.getLogger("kd.demo")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,11 +69,15 @@ class DemoScale:
     speed_batches: int
     mlm_steps: int = 250
     mlm_heldout_blocks: int = 200
+    # --general: every general-distillation method sees this many real tokens, in batches of this size
+    general_tokens: int = 819_200  # 200 steps x 32 x 128 for the packed methods
+    general_batch_size: int = 32
 
 
 SCALES = {
     # CI: a couple of minutes, numbers meaningless, every stage exercised.
-    "smoke": DemoScale(64, 64, 1, 1, 1, 1, 32, 4, 8, 32, 64, 1, mlm_steps=2, mlm_heldout_blocks=4),
+    "smoke": DemoScale(64, 64, 1, 1, 1, 1, 32, 4, 8, 32, 64, 1, mlm_steps=2, mlm_heldout_blocks=4,
+                       general_tokens=1024, general_batch_size=4),
     # default: the teacher's 3 epochs were chosen on the held-out slice (configs/recipes/sst2_demo.yaml).
     "default": DemoScale(None, None, 3, 49, 2, 50, 64, 100, 32, 64, None, 3),
     # longer students: for a GPU or a patient CPU.
@@ -148,51 +153,6 @@ def count_parameters(model_dir: str) -> int:
     return sum(p.numel() for p in AutoModel.from_pretrained(model_dir).parameters())
 
 
-def plot_loss_curves(logs: dict[str, str], out_png: str) -> None:
-    """One panel per stage: every loss term of its train_log.jsonl against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(logs), figsize=(5 * len(logs), 3.6))
-    for ax, (title, path) in zip(axes, logs.items()):
-        records = [json.loads(line) for line in open(path) if line.strip()] if os.path.isfile(path) else []
-        records = [r for r in records if "lr" in r]  # training records, not evaluation ones
-        skip = {"step", "epoch", "lr", "tokens_per_s", "grad_norm"}
-        keys = sorted({k for r in records for k in r if k not in skip})
-        for k in keys:
-            pts = [(r["step"], r[k]) for r in records if k in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, linewidth=1.2,
-                    marker="." if len(pts) < 30 else None)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        if keys:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = out_png + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-
-
-def mean_spread(values: list[float]) -> dict:
-    """Mean, sample standard deviation (0 for one value), min and max of one row's per-seed values."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values), "values": list(values)}
-
-
-def _fmt(stat: dict | None, scale: float = 1.0) -> str:
-    if stat is None:
-        return "-"
-    if stat["n"] == 1:
-        return f"{scale * stat['mean']:.2f}"
-    return (f"{scale * stat['mean']:.2f} ± {scale * stat['std']:.2f} "
-            f"({scale * stat['min']:.2f}-{scale * stat['max']:.2f})")
-
-
 def results_markdown(rows: list[dict], meta: dict) -> str:
     n = meta["seeds"]
     spread = "" if len(n) == 1 else f"; mean ± sample std (min-max) over seeds {', '.join(map(str, n))}"
@@ -206,8 +166,8 @@ def results_markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         speed = f"{r['sentences_per_s']:.1f} | {r['speedup']:.2f}x" if r.get("sentences_per_s") else "- | -"
         lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f}M | {speed} | "
-                     f"{_fmt(r.get('sst2_heldout_accuracy'), 100)} | {_fmt(r.get('sst2_dev_accuracy'), 100)} | "
-                     f"{_fmt(r.get('stsb_spearman'))} |")
+                     f"{format_stat(r.get('sst2_heldout_accuracy'), 100)} | {format_stat(r.get('sst2_dev_accuracy'), 100)} | "
+                     f"{format_stat(r.get('stsb_spearman'))} |")
     t = meta.get("targets")
     if t:
         lines += ["", f"Targets (dev means): teacher - best undistilled student = "
@@ -271,15 +231,20 @@ def write_finetuned_start(finetuned_teacher: str, student_config: str, out_dir: 
     return folder
 
 
+def packed_corpus(data_dir: str, out: str, teacher: str, stage) -> str:
+    """The four raw corpora of DATA_DIR/corpus tokenised once into packed 128-token blocks -> OUT/corpus_packed128."""
+    packed = os.path.join(out, "corpus_packed128")
+    stage(packed, "pregenerate_packed", "pregenerate_training_data.py",
+          ["--train_corpus", os.path.join(data_dir, "corpus", "*.txt"), "--bert_model", teacher, "--do_lower_case",
+           "--max_seq_len", 128, "--packed_sequences", "--reduce_memory"], marker="packed_metrics.json")
+    return packed
+
+
 def augmented_split(args, scale, out: str, teacher: str, select: str, stage) -> str:
     """TinyBERT's augmentation of the selection split's train.tsv -> SELECT/train_aug.tsv (`--augment` variants a
     row). The packaged teacher has no masked-LM head, so one is fitted first (fit_mlm_head.py: encoder frozen, tied
     decoder) on the four raw corpora, packed once; its held-out masked-token accuracy is in its eval_results.json."""
-    corpus_glob = os.path.join(args.data_dir, "corpus", "*.txt")
-    packed = os.path.join(out, "corpus_packed128")
-    stage(packed, "pregenerate_packed", "pregenerate_training_data.py",
-          ["--train_corpus", corpus_glob, "--bert_model", teacher, "--do_lower_case", "--max_seq_len", 128,
-           "--packed_sequences", "--reduce_memory"], marker="packed_metrics.json")
+    packed = packed_corpus(args.data_dir, out, teacher, stage)
     mlm = os.path.join(out, "teacher_mlm")
     stage(mlm, "fit_mlm_head", "fit_mlm_head.py",
           ["--teacher_model", teacher, "--pregenerated_data", packed, "--max_steps", scale.mlm_steps,
@@ -406,6 +371,14 @@ def run_demo(args) -> dict:
         return task_distill_args(student, scale.student_epochs, args.student_lr, "--pred_distill",
                                  "--warmup_proportion", 0, "--eval_step", scale.student_eval_steps,
                                  "--cache_dir", os.path.join(out, "teacher_logits"), *extra)
+    def distill_chain(student_start, prefix, seed, *extra):
+        """TinyBERT's two stages from `student_start`: intermediate layers (a constant rate and no warmup, the
+        stage's defaults), then the prediction layer (the Hinton mix) from stage 1's student."""
+        stage1, stage2 = (os.path.join(out, f"seed{seed}", f"{prefix}_{name}") for name in ("stage1", "stage1_hinton"))
+        return [(stage1, f"seed{seed}_{prefix}_stage1", "task_distill.py",
+                 task_distill_args(student_start, args.stage1_epochs, args.stage1_lr, *extra)),
+                (stage2, f"seed{seed}_{prefix}_stage1_hinton", "task_distill.py", stage2_args(stage1, *hinton, *extra))]
+
     seeds = [args.seed + i for i in range(args.seeds)]
     if args.augment:
         augmented_split(args, scale, out, teacher, select, stage)
@@ -427,18 +400,9 @@ def run_demo(args) -> dict:
             chains.append([(f("kd_soft"), f"seed{seed}_kd_soft", "task_distill.py",
                             stage2_args(start, "--temperature", 1))])
             chains.append([(f("kd_hinton"), f"seed{seed}_kd_hinton", "task_distill.py", stage2_args(start, *hinton))])
-        # TinyBERT's two stages: intermediate layers (a constant rate and no warmup, the stage's defaults), then the
-        # prediction layer from stage 1's student.
-        chains.append([(f("kd_stage1"), f"seed{seed}_kd_stage1", "task_distill.py",
-                        task_distill_args(start, args.stage1_epochs, args.stage1_lr)),
-                       (f("kd_stage1_hinton"), f"seed{seed}_kd_stage1_hinton", "task_distill.py",
-                        stage2_args(f("kd_stage1"), *hinton))])
+        chains.append(distill_chain(start, "kd", seed))
         if args.augment:
-            aug = ["--aug_train", "--max_steps", steps]
-            chains.append([(f("kd_aug_stage1"), f"seed{seed}_kd_aug_stage1", "task_distill.py",
-                            task_distill_args(start, args.stage1_epochs, args.stage1_lr, *aug)),
-                           (f("kd_aug_stage1_hinton"), f"seed{seed}_kd_aug_stage1_hinton", "task_distill.py",
-                            stage2_args(f("kd_aug_stage1"), *hinton, *aug))])
+            chains.append(distill_chain(start, "kd_aug", seed, "--aug_train", "--max_steps", steps))
         chains.append([(f("embedding_student"), f"seed{seed}_embedding_student", "distill_embeddings.py",
                         ["--teacher_model", teacher, "--student_model", args.student_config, "--student_init",
                          "teacher_layers", "--init_layers", args.init_layers, "--train_text", *corpus, "--max_steps",
@@ -548,4 +512,14 @@ def run_demo(args) -> dict:
                          for key in ("gold_finetuned_layers", "kd_stage1", "kd_stage1_hinton")}},
                      os.path.join(out, "loss_curves.png"))
     print(md)
+    if args.general:
+        stages = DemoStages(out=out, seeds=seeds, jobs=args.jobs, teacher=teacher, student_config=args.student_config,
+                            init_layers=args.init_layers, corpus_files=corpus_files(data),
+                            packed=packed_corpus(data, out, teacher, stage), stage=stage,
+                            finetune_args=lambda init: ["--model_name_or_path", init, *student_recipe, *gold],
+                            task_distill_chain=distill_chain, sts=sts, dev_acc=dev_acc, heldout_acc=heldout_acc,
+                            times=times)
+        results["general"] = run_general_comparison(
+            stages, tokens=args.general_tokens or scale.general_tokens, batch_size=scale.general_batch_size,
+            seq_len=128, lr=args.general_lr, warmup=args.general_warmup, log_every=5)
     return results

@@ -313,6 +313,9 @@ ROWS = [
     ("demo-heldout-one", "demo.py", "--heldout_fraction 1", "argument --heldout_fraction"),
     ("demo-alpha-above-one", "demo.py", "--alpha 2", "argument --alpha"),
     ("demo-stage1-epochs-zero", "demo.py", "--stage1_epochs 0", "argument --stage1_epochs"),
+    ("demo-general-tokens-zero", "demo.py", "--general --general_tokens 0", "argument --general_tokens"),
+    ("demo-general-warmup-two", "demo.py", "--general --general_warmup 2", "argument --general_warmup"),
+    ("demo-general-lr-zero", "demo.py", "--general --general_lr 0", "argument --general_lr"),
     # fit_mlm_head.py
     ("mlm-heldout-zero", "fit_mlm_head.py", "--heldout_blocks 0", "argument --heldout_blocks"),
     ("mlm-heldout-all", "fit_mlm_head.py", "--heldout_blocks 100000", "--heldout_blocks 100000: the packed data has only"),

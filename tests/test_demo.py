@@ -15,7 +15,7 @@ def test_demo_smoke_runs_every_stage(tmp_path, shared_data):
     out = tmp_path / "demo"
     env = dict(os.environ)
     r = subprocess.run([sys.executable, os.path.join(REPO, "demo.py"), "--scale", "smoke", "--output_dir", str(out),
-                        "--data_dir", shared_data, "--ablation", "--augment", "2", "--jobs", "2"], env=env,
+                        "--data_dir", shared_data, "--ablation", "--augment", "2", "--jobs", "2", "--general"], env=env,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.load(open(out / "results.json"))
@@ -67,6 +67,50 @@ def test_demo_smoke_runs_every_stage(tmp_path, shared_data):
     start_weights = load_file(out / "student_teacher_layers" / "model.safetensors")
     assert trained.keys() == start_weights.keys()
     assert any(not torch.equal(trained[k], start_weights[k]) for k in trained)
+    check_general_comparison(out, start_weights)
+
+
+def check_general_comparison(out, start_weights):
+    """`--general`: every method from the same start on the same corpus and token budget, scored a and b; the
+    task-distillation pipeline (c) from the best method's student and from the start itself."""
+    from transformers import AutoModel
+
+    from pipelines.general_comparison import GENERAL_METHODS, RANDOM_START
+
+    results = json.load(open(out / "general_results.json"))
+    rows = {row["key"]: row for row in results["rows"]}
+    methods = [key for key, *_ in GENERAL_METHODS]
+    assert list(rows) == ["teacher", "start", "random", *methods, "task_only"]
+    budget = results["meta"]["tokens_budget"]
+    seed = out / "seed42"
+    for key in methods:
+        row = rows[key]
+        # the same budget, counted in real tokens seen (line batches round to whole steps)
+        assert abs(row["tokens"] - budget) <= 0.1 * budget, (key, row["tokens"])
+        assert -100 <= row["stsb_spearman"]["mean"] <= 100
+        assert 0 <= row["sst2_dev_after_finetuning"]["mean"] <= 1
+        assert row["wall_seconds"] > 0
+        card = json.load(open(seed / f"general_{key}" / "training_args.json"))["args"]
+        assert card["student_init"] == ("random" if key in RANDOM_START else "teacher_layers"), key
+        assert card["max_steps"] == row["steps"] and card["learning_rate"] == results["meta"]["learning_rate"]
+        general = seed / f"general_{key}"
+        model, info = AutoModel.from_pretrained(str(general), output_loading_info=True)
+        assert not info["missing_keys"], (key, info["missing_keys"])
+        if key not in RANDOM_START:  # trained away from the common start
+            moved = load_file(general / "model.safetensors")
+            assert any(not torch.equal(moved[k], start_weights[k]) for k in start_weights if k in moved), key
+        finetune = json.load(open(seed / f"general_{key}_sst2" / "training_args.json"))["args"]
+        assert finetune["model_name_or_path"] == str(general)
+    # (c): the chosen method's student and the start go through the same two task-distillation stages
+    best = results["meta"]["targets"]["pipeline_method"]
+    assert "sst2_dev_after_task_distillation" in rows[best] and "sst2_dev_after_task_distillation" in rows["start"]
+    stage1 = json.load(open(seed / f"general_{best}_kd_stage1" / "training_args.json"))["args"]
+    assert stage1["student_model"] == str(seed / f"general_{best}")
+    assert json.load(open(seed / "start_kd_stage1" / "training_args.json"))["args"]["student_model"] == str(
+        out / "student_teacher_layers")
+    assert (out / "general_results.md").read_text().count("\n|") == len(rows) + 2  # header, rule, rows
+    for png in ("general_loss_curves.png", "general_scores.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rows_report_mean_and_spread_over_seeds():
