@@ -113,6 +113,32 @@ def _done(folder: str, marker: str) -> bool:
     return os.path.isfile(os.path.join(folder, marker))
 
 
+STAGE_RECORD = "demo_stage.json"
+
+
+def check_stage_record(folder: str, stage: str, argv: list) -> None:
+    """A finished stage is reused only if it was made with the same arguments (recorded in FOLDER/demo_stage.json
+    when it finished); otherwise one error naming the first argument that differs. Folders from before the record
+    existed are reused as they are."""
+    path = os.path.join(folder, STAGE_RECORD)
+    if not os.path.isfile(path):
+        return
+    made_with, now = _read_json(path)["argv"], [str(a) for a in argv]
+    if made_with == now:
+        return
+    i = next((i for i, (a, b) in enumerate(zip(made_with, now)) if a != b), min(len(made_with), len(now)))
+    option = next((a for a in reversed(now[:i + 1]) if a.startswith("--")), "an argument")
+    was = made_with[i] if i < len(made_with) else "(absent)"
+    is_now = now[i] if i < len(now) else "(absent)"
+    raise UserError(f"demo stage {stage!r}: {folder} was made with {option} {was}, this run asks for {is_now}; "
+                    f"use another --output_dir or delete that folder")
+
+
+def write_stage_record(folder: str, stage: str, script: str, argv: list) -> None:
+    atomic_write_json({"stage": stage, "script": script, "argv": [str(a) for a in argv]},
+                      os.path.join(folder, STAGE_RECORD))
+
+
 def _read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -347,10 +373,12 @@ def run_demo(args) -> dict:
     student_recipe = ["--num_train_epochs", scale.student_epochs, "--learning_rate", args.student_lr]
     def stage(folder, name, script, argv, marker="eval_results.json", seed=None, share=False):
         """One stage; `share`: it runs beside others (--jobs), on its share of the cores."""
-        if _done(folder, marker):
-            return
         argv = [*argv, "--output_dir", folder] + ([] if seed is None else ["--seed", seed])
+        if _done(folder, marker):
+            check_stage_record(folder, name, argv)
+            return
         _run(name, script, argv, logs, times, threads if share else None)
+        write_stage_record(folder, name, script, argv)
         with _TIMES_LOCK:
             atomic_write_json(times, times_path)
 
@@ -519,7 +547,9 @@ def run_demo(args) -> dict:
                             finetune_args=lambda init: ["--model_name_or_path", init, *student_recipe, *gold],
                             task_distill_chain=distill_chain, sts=sts, dev_acc=dev_acc, heldout_acc=heldout_acc,
                             times=times)
+        tokens = args.general_tokens or scale.general_tokens
         results["general"] = run_general_comparison(
-            stages, tokens=args.general_tokens or scale.general_tokens, batch_size=scale.general_batch_size,
-            seq_len=128, lr=args.general_lr, warmup=args.general_warmup, log_every=5)
+            stages, tokens=tokens, batch_size=scale.general_batch_size, seq_len=128, lr=args.general_lr,
+            warmup=args.general_warmup, log_every=5,
+            budget_tag="" if tokens == scale.general_tokens else f"_{tokens}tok")
     return results

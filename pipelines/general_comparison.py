@@ -103,8 +103,11 @@ def general_args(key: str, script: str, method_args: list, d: DemoStages, steps:
 
 
 def run_general_comparison(d: DemoStages, tokens: int, batch_size: int, seq_len: int, lr: float, warmup: float,
-                           log_every: int) -> dict:
-    """Run every method for every seed, score it (a, b), then the task-distillation pipeline (c) for the best."""
+                           log_every: int, budget_tag: str = "") -> dict:
+    """Run every method for every seed, score it (a, b), then the task-distillation pipeline (c) for the best.
+
+    `budget_tag` names the folders and result files of a budget other than the scale's (e.g. "_204800tok"), so runs
+    at several budgets share the demo's other stages and never each other's."""
     line_tokens = mean_real_tokens_per_line(d.corpus_files, d.teacher, seq_len,
                                             os.path.join(d.out, "corpus_line_tokens.json"))
     budget = {}
@@ -116,12 +119,15 @@ def run_general_comparison(d: DemoStages, tokens: int, batch_size: int, seq_len:
     def folder(seed, name):
         return os.path.join(d.out, f"seed{seed}", name)
 
+    def tagged(key, what=""):  # a method's folders at this budget: general[_<tag>]_<key>[_sst2 | _kd_...]
+        return f"general{budget_tag}_{key}{what}"
+
     def chain(seed, key, script, method_args):  # distil, then fine-tune on SST-2 (b)
-        general = folder(seed, f"general_{key}")
-        return [(general, f"seed{seed}_general_{key}", script,
+        general = folder(seed, tagged(key))
+        return [(general, f"seed{seed}_{tagged(key)}", script,
                  general_args(key, script, method_args, d, budget[key]["steps"], batch_size, lr, warmup, seq_len,
                               log_every), "model.safetensors"),
-                (folder(seed, f"general_{key}_sst2"), f"seed{seed}_general_{key}_sst2", "run_glue.py",
+                (folder(seed, tagged(key, "_sst2")), f"seed{seed}_{tagged(key, '_sst2')}", "run_glue.py",
                  d.finetune_args(general), "eval_results.json")]
 
     def run_chains(chains):
@@ -138,12 +144,12 @@ def run_general_comparison(d: DemoStages, tokens: int, batch_size: int, seq_len:
                 for key, _, script, method_args in GENERAL_METHODS for seed in d.seeds])
     # Phase 2: the task-distillation pipeline (c) for the general student that fine-tunes best on the held-out slice,
     # and for the start itself (the same pipeline without general distillation).
-    heldout = {key: statistics.fmean(d.heldout_acc(folder(s, f"general_{key}_sst2")) for s in d.seeds)
+    heldout = {key: statistics.fmean(d.heldout_acc(folder(s, tagged(key, "_sst2"))) for s in d.seeds)
                for key, *_ in GENERAL_METHODS}
     best = max(heldout, key=heldout.get)
     start = os.path.join(d.out, "student_teacher_layers")
     run_chains([[(*st, "eval_results.json", seed) for st in d.task_distill_chain(general_start, prefix, seed)]
-                for general_start_of, prefix in ((lambda s: folder(s, f"general_{best}"), f"general_{best}_kd"),
+                for general_start_of, prefix in ((lambda s: folder(s, tagged(best)), tagged(best, "_kd")),
                                                  (lambda s: start, "start_kd"))
                 for seed in d.seeds for general_start in [general_start_of(seed)]])
 
@@ -154,14 +160,14 @@ def run_general_comparison(d: DemoStages, tokens: int, batch_size: int, seq_len:
     for key, label, script, _ in GENERAL_METHODS:
         row = {"key": key, "method": label, "start": "random init" if key in RANDOM_START else
                f"teacher layers {d.init_layers}", "tokens": budget[key]["tokens"], "steps": budget[key]["steps"],
-               "wall_seconds": wall(f"general_{key}"),
-               "stsb_spearman": mean_spread([d.sts(folder(s, f"general_{key}")) for s in d.seeds]),
-               "sst2_heldout_after_finetuning": mean_spread([d.heldout_acc(folder(s, f"general_{key}_sst2"))
+               "wall_seconds": wall(tagged(key)),
+               "stsb_spearman": mean_spread([d.sts(folder(s, tagged(key))) for s in d.seeds]),
+               "sst2_heldout_after_finetuning": mean_spread([d.heldout_acc(folder(s, tagged(key, "_sst2")))
                                                         for s in d.seeds]),
-               "sst2_dev_after_finetuning": mean_spread([d.dev_acc(folder(s, f"general_{key}_sst2")) for s in d.seeds])}
+               "sst2_dev_after_finetuning": mean_spread([d.dev_acc(folder(s, tagged(key, "_sst2"))) for s in d.seeds])}
         if key == best:
             row["sst2_dev_after_task_distillation"] = mean_spread(
-                [d.dev_acc(folder(s, f"general_{key}_kd_stage1_hinton")) for s in d.seeds])
+                [d.dev_acc(folder(s, tagged(key, "_kd_stage1_hinton"))) for s in d.seeds])
         rows.append(row)
     baselines = {
         "start": {"key": "start", "method": "none (the start itself)", "start": f"teacher layers {d.init_layers}",
@@ -176,7 +182,8 @@ def run_general_comparison(d: DemoStages, tokens: int, batch_size: int, seq_len:
         "random": {"key": "random", "method": "none (random init)", "start": "random init", "tokens": 0, "steps": 0,
                    "stsb_spearman": mean_spread([d.sts(os.path.join(d.out, f"student_random_init_seed{s}"))
                                             for s in d.seeds]),
-                   "sst2_heldout_after_finetuning": mean_spread([d.heldout_acc(folder(s, "gold_random")) for s in d.seeds]),
+                   "sst2_heldout_after_finetuning": mean_spread([d.heldout_acc(folder(s, "gold_random"))
+                                                            for s in d.seeds]),
                    "sst2_dev_after_finetuning": mean_spread([d.dev_acc(folder(s, "gold_random")) for s in d.seeds])},
         "task_only": {"key": "task_only", "method": "none; task distillation from the fine-tuned teacher's layers "
                       "(the demo's distilled student)", "start": f"fine-tuned teacher layers {d.init_layers}",
@@ -205,13 +212,13 @@ def run_general_comparison(d: DemoStages, tokens: int, batch_size: int, seq_len:
             "mean_tokens_per_corpus_line": line_tokens, "corpus": d.corpus_files,
             "pipeline_chosen_by": "best mean SST-2 held-out accuracy after fine-tuning (b)", "targets": targets}
     results = {"meta": meta, "rows": rows}
-    atomic_write_json(results, os.path.join(d.out, "general_results.json"))
+    atomic_write_json(results, os.path.join(d.out, f"general_results{budget_tag}.json"))
     md = general_markdown(rows, meta)
-    atomic_write_text(md, os.path.join(d.out, "general_results.md"))
+    atomic_write_text(md, os.path.join(d.out, f"general_results{budget_tag}.md"))
     first = d.seeds[0]
-    plot_loss_curves({key: os.path.join(folder(first, f"general_{key}"), "train_log.jsonl")
-                      for key, *_ in GENERAL_METHODS}, os.path.join(d.out, "general_loss_curves.png"))
-    plot_score_bars(rows, os.path.join(d.out, "general_scores.png"))
+    plot_loss_curves({key: os.path.join(folder(first, tagged(key)), "train_log.jsonl")
+                      for key, *_ in GENERAL_METHODS}, os.path.join(d.out, f"general_loss_curves{budget_tag}.png"))
+    plot_score_bars(rows, os.path.join(d.out, f"general_scores{budget_tag}.png"))
     print(md)
     return results
 
@@ -229,7 +236,8 @@ def general_markdown(rows: list[dict], meta: dict) -> str:
         wall = f"{wall:.0f}" if wall and math.isfinite(wall) else "-"
         tokens = f"{r['tokens']:,}" if r["tokens"] else "-"
         lines.append(f"| {r['method']} | {r['start']} | {r['steps'] or '-'} | {tokens} | {wall} | "
-                     f"{format_stat(r.get('stsb_spearman'))} | {format_stat(r.get('sst2_heldout_after_finetuning'), 100)} | "
+                     f"{format_stat(r.get('stsb_spearman'))} | "
+                     f"{format_stat(r.get('sst2_heldout_after_finetuning'), 100)} | "
                      f"{format_stat(r.get('sst2_dev_after_finetuning'), 100)} | "
                      f"{format_stat(r.get('sst2_dev_after_task_distillation'), 100)} |")
     t = meta["targets"]

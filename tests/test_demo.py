@@ -137,3 +137,17 @@ def test_recipe_file_is_the_demo_default():
     defaults = vars(parse_args(demo.build_parser(), []))
     with_recipe.pop("config"), defaults.pop("config")
     assert with_recipe == defaults
+
+
+def test_a_finished_stage_is_reused_only_with_the_arguments_it_was_made_with(tmp_path):
+    from kdcore.cli import UserError
+    from pipelines.demo import check_stage_record, write_stage_record
+
+    folder = str(tmp_path)
+    check_stage_record(folder, "s", ["--learning_rate", 1])  # no record (an older folder): reused as it is
+    write_stage_record(folder, "s", "run_glue.py", ["--learning_rate", 1e-4, "--seed", 42])
+    check_stage_record(folder, "s", ["--learning_rate", 0.0001, "--seed", 42])
+    with pytest.raises(UserError, match=r"made with --learning_rate 0.0001, this run asks for 0.0002"):
+        check_stage_record(folder, "s", ["--learning_rate", 2e-4, "--seed", 42])
+    with pytest.raises(UserError, match=r"made with --fp16 \(absent\), this run asks for --fp16"):
+        check_stage_record(folder, "s", ["--learning_rate", 1e-4, "--seed", 42, "--fp16"])
