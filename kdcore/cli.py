@@ -141,12 +141,13 @@ RANGE_RULES: dict[str, tuple] = {
         "max_query_length", "doc_stride", "max_answer_length", "n_best_size", "ngram_size", "num_relation_heads",
         "epochs_to_generate", "num_workers", "max_predictions_per_seq", "max_documents", "max_train_examples",
         "max_eval_examples", "glove_vocab_size", "M", "N", "logging_steps", "save_total_limit",
-        "distill_steps", "embed_steps", "seeds", "heldout_blocks", "jobs", "general_tokens")},
+        "distill_steps", "embed_steps", "seeds", "heldout_blocks", "jobs", "general_tokens", "max_examples",
+        "max_sts_examples")},
     "max_source_seq_length": (3, True, _INF, True, ()),  # [CLS] token [SEP]
     "max_target_seq_length": (2, True, _INF, True, ()),  # token [SEP]
     **{name: AT_LEAST_0 for name in (
         "save_steps", "eval_step", "augment", "num_warmup_steps", "dataloader_num_workers", "subset", "min_len",
-        "num_max_mask_token")},  # 0: never (save only at the end, evaluate only at the end, decode everything...)
+        "num_max_mask_token", "eval_steps")},  # 0: never (save only at the end, evaluate only at the end, decode everything...)
     "seed": (0, True, 2**32 - 1, True, ()),  # numpy's seed range
     "max_steps": (1, True, _INF, True, (-1, 0)),  # -1 / 0: train for --num_train_epochs
     "local_rank": (-1, True, _INF, True, ()),
@@ -172,7 +173,7 @@ RANGE_RULES: dict[str, tuple] = {
     "source_mask_prob": (-_INF, True, 1, True, ()),  # <= 0: off
     # loss weights
     **{name: AT_LEAST_0 for name in (
-        "qq_weight", "kk_weight", "vv_weight", "attention_weight", "value_relation_weight")},
+        "qq_weight", "kk_weight", "vv_weight", "attention_weight", "value_relation_weight", "relation_weight")},
 }
 
 

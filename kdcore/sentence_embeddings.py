@@ -14,9 +14,9 @@ Plain transformers/numpy code: sentence-transformers is only needed to *load* th
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
+import math
 import os
 import shutil
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cli import UserError
+from .files import iter_text_lines
 
 logger = logging.getLogger("kd")
 
@@ -183,27 +184,30 @@ def encode(model: nn.Module, tokenizer, sentences: list[str], mode: str = "mean"
 # STS zero-shot evaluation
 # --------------------------------------------------------------------------------------------------------------
 def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
-    """sentence1, sentence2, score columns of a GLUE STS-B file (header row; score is the last column)."""
-    if not os.path.isfile(path):
-        raise UserError(f"--sts_file: no such file: {path}")
+    """sentence1, sentence2, score columns of a GLUE STS-B file (header row; score is the last column).
+
+    Strict UTF-8 (`iter_text_lines`); every score must be a finite number, and the scores must not all be equal
+    (a Spearman correlation against a constant is undefined)."""
+    rows = [(line_no, line.split("\t")) for line_no, line in iter_text_lines(path, "--sts_file") if line != ""]
+    if not rows or "sentence1" not in rows[0][1] or "sentence2" not in rows[0][1]:
+        raise UserError(f"{path}: line 1 is not an STS-B header with sentence1 / sentence2 columns")
+    header = rows[0][1]
+    i1, i2 = header.index("sentence1"), header.index("sentence2")
     a, b, gold = [], [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows, None)
-        if header is None or "sentence1" not in header or "sentence2" not in header:
-            raise UserError(f"{path}: line 1 is not an STS-B header with sentence1 / sentence2 columns")
-        i1, i2 = header.index("sentence1"), header.index("sentence2")
-        for line_no, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            try:
-                a.append(row[i1])
-                b.append(row[i2])
-                gold.append(float(row[-1]))
-            except (IndexError, ValueError):
-                raise UserError(f"{path}:{line_no}: expected {len(header)} tab-separated columns with a numeric score")
+    for line_no, row in rows[1:]:
+        try:
+            score = float(row[-1])
+            a.append(row[i1])
+            b.append(row[i2])
+        except (IndexError, ValueError):
+            raise UserError(f"{path}:{line_no}: expected {len(header)} tab-separated columns with a numeric score")
+        if not math.isfinite(score):
+            raise UserError(f"{path}:{line_no}: score {row[-1]!r} is not a finite number")
+        gold.append(score)
     if not gold:
         raise UserError(f"{path}: no sentence pairs")
+    if len(set(gold)) < 2:
+        raise UserError(f"{path}: every score is {gold[0]:g}; a Spearman correlation needs scores that differ")
     return a, b, np.asarray(gold, dtype=np.float64)
 
 
@@ -234,9 +238,10 @@ def evaluate_sts_folder(args) -> dict:
 
     if not os.path.isdir(args.model_dir):
         raise UserError(f"--model_dir: no such folder: {args.model_dir}")
-    mode, normalize = read_pooling(args.model_dir)
+    read_sts(args.sts_file)  # a bad STS file fails before the model is loaded
     model = load_model(args.model_dir, argname="--model_dir").eval()
     tokenizer = load_tokenizer(args.model_dir, "--model_dir")
+    mode, normalize = read_pooling(args.model_dir)
     result = sts_zero_shot_spearman(model, tokenizer, args.sts_file, mode, normalize, args.batch_size, args.max_examples)
     result.update({"pooling": mode, "normalize": normalize, "sts_file": args.sts_file})
     print(json.dumps(result))

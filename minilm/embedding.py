@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore.cli import UserError
+from kdcore.files import iter_text_lines
 from kdcore.batching import encoder_inputs
 from kdcore.attention_capture import SelfAttentionCapture
 from kdcore.modeling import bare_model, encoder_layers
@@ -74,11 +75,8 @@ class TextLines(torch.utils.data.Dataset):
 
     def __init__(self, files: list[str], tokenizer, max_seq_length: int, max_examples: int | None = None):
         lines = []
-        for path in files:
-            if not os.path.isfile(path):
-                raise UserError(f"--train_text: no such file: {path}")
-            with open(path, encoding="utf-8", errors="replace") as f:
-                lines.extend(line.strip() for line in f if line.strip())
+        for path in files:  # strict UTF-8: a Latin-1 or binary file is an error naming file:line, never garbage
+            lines.extend(line.strip() for _, line in iter_text_lines(path, "--train_text") if line.strip())
         if max_examples:
             lines = lines[:max_examples]
         if not lines:
@@ -137,15 +135,20 @@ def run_embedding_distill(args) -> dict:
     from kdcore.modeling import atomic_write_json, build_student, load_teacher, load_tokenizer
     from kdcore.runtime import Runtime
     from kdcore.trainer import train
-    from kdcore.sentence_embeddings import read_pooling, sts_zero_shot_spearman, write_sentence_transformers_files
+    from kdcore.sentence_embeddings import (read_pooling, read_sts, sts_zero_shot_spearman,
+                                            write_sentence_transformers_files)
     from kdcore.student_init import apply_student_init
 
     logger = logging.getLogger("kd.embedding")
     ensure_writable_dir(args.output_dir)
     if args.train_batch_size < 1:
         raise UserError("--train_batch_size must be positive")
-    rt = Runtime(args)
     tokenizer = load_tokenizer(args.teacher_model, "--teacher_model")
+    # The text files and the STS file are read before anything heavy is loaded: a bad file fails at once.
+    data = TextLines(args.train_text, tokenizer, args.max_seq_length, args.max_train_examples)
+    if args.sts_file:
+        read_sts(args.sts_file)
+    rt = Runtime(args)
     teacher = load_teacher(args.teacher_model)
     mode, normalize = read_pooling(args.teacher_model)
     path = args.student_model
@@ -155,7 +158,6 @@ def run_embedding_distill(args) -> dict:
     apply_student_init(args, student, teacher, args.teacher_model)
     objective = EmbeddingDistillObjective(teacher, student, mode, normalize, args.relation_weight,
                                           args.num_relation_heads)
-    data = TextLines(args.train_text, tokenizer, args.max_seq_length, args.max_train_examples)
     logger.info("embedding distillation: %d sentences, pooling %s%s, relation weight %g", len(data), mode,
                 " + normalize" if normalize else "", args.relation_weight)
 
