@@ -42,6 +42,7 @@ GENERAL_METHODS = (
     ("minilmv2_random", "MiniLMv2 from random init", "general_distill.py", ["--distill_method", "minilmv2"]),
 )
 RANDOM_START = {"minilmv2_random"}
+STS_TARGET = 84.0  # STS-B zero-shot Spearman x 100 that a general student should reach (97 % of the teacher's)
 
 
 @dataclass
@@ -198,11 +199,15 @@ def run_general_comparison(d: DemoStages, tokens: int, batch_size: int, seq_len:
     rows = [baselines["teacher"], baselines["start"], baselines["random"], *rows, baselines["task_only"]]
     by_key = {r["key"]: r for r in rows}
     general_keys = [k for k, *_ in GENERAL_METHODS]
-    best_sts = max(general_keys, key=lambda k: by_key[k]["stsb_spearman"]["mean"])
+    # The first target asks for one method that does both: STS-B zero-shot >= 84.0 and +0.5 SST-2 over the start.
+    # Among the methods that reach 84.0 (all of them if none does), the one with the largest SST-2 gain is named.
+    gain = {k: by_key[k]["sst2_dev_after_finetuning"]["mean"] - by_key["start"]["sst2_dev_after_finetuning"]["mean"]
+            for k in general_keys}
+    reaching = [k for k in general_keys if by_key[k]["stsb_spearman"]["mean"] >= STS_TARGET] or general_keys
+    named = max(reaching, key=gain.get)
     targets = {
-        "best_sts_method": best_sts, "best_sts": by_key[best_sts]["stsb_spearman"]["mean"],
-        "best_sts_sst2_gain_over_start": by_key[best_sts]["sst2_dev_after_finetuning"]["mean"]
-        - by_key["start"]["sst2_dev_after_finetuning"]["mean"],
+        "sts_method": named, "sts": by_key[named]["stsb_spearman"]["mean"],
+        "sts_method_sst2_gain_over_start": gain[named],
         "pipeline_method": best,
         "pipeline_minus_task_only": by_key[best]["sst2_dev_after_task_distillation"]["mean"]
         - by_key["task_only"]["sst2_dev_after_task_distillation"]["mean"],
@@ -241,8 +246,8 @@ def general_markdown(rows: list[dict], meta: dict) -> str:
                      f"{format_stat(r.get('sst2_dev_after_finetuning'), 100)} | "
                      f"{format_stat(r.get('sst2_dev_after_task_distillation'), 100)} |")
     t = meta["targets"]
-    lines += ["", f"Targets (means): best STS-B zero-shot {t['best_sts']:.2f} ({t['best_sts_method']}; >= 84.0), its "
-              f"SST-2 dev gain over the start after fine-tuning {100 * t['best_sts_sst2_gain_over_start']:+.2f} "
+    lines += ["", f"Targets (means): {t['sts_method']}: STS-B zero-shot {t['sts']:.2f} (>= {STS_TARGET:g}) and "
+              f"SST-2 dev gain over the start after fine-tuning {100 * t['sts_method_sst2_gain_over_start']:+.2f} "
               f"(>= +0.5); general + task distillation ({t['pipeline_method']}) - task distillation only = "
               f"{100 * t['pipeline_minus_task_only']:+.2f} (>= +0.3)."]
     return "\n".join(lines) + "\n"
