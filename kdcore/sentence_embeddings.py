@@ -220,10 +220,10 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float((rx * ry).sum() / np.sqrt((rx ** 2).sum() * (ry ** 2).sum()))
 
 
-def sts_zero_shot_spearman(model: nn.Module, tokenizer, sts_file: str, mode: str = "mean", normalize: bool = False,
-                           batch_size: int = 64, max_examples: int | None = None) -> dict:
-    """{"spearman": 100 * rho(cos(e_a, e_b), gold), "pairs": N} on an STS file; no STS training involved."""
-    a, b, gold = read_sts(sts_file)
+def sts_zero_shot_spearman(model: nn.Module, tokenizer, sts_pairs: tuple, mode: str = "mean",
+                           normalize: bool = False, batch_size: int = 64, max_examples: int | None = None) -> dict:
+    """{"spearman": 100 * rho(cos(e_a, e_b), gold), "pairs": N} on `sts_pairs` = read_sts(file); no STS training."""
+    a, b, gold = sts_pairs
     if max_examples:
         a, b, gold = a[:max_examples], b[:max_examples], gold[:max_examples]
     ea = encode(model, tokenizer, a, mode, normalize, batch_size)
@@ -232,18 +232,29 @@ def sts_zero_shot_spearman(model: nn.Module, tokenizer, sts_file: str, mode: str
     return {"spearman": 100.0 * spearman(cos, gold), "pairs": len(gold)}
 
 
+def folder_sts_spearman(model_dir: str, sts_pairs: tuple, batch_size: int = 64,
+                        max_examples: int | None = None) -> dict:
+    """`sts_zero_shot_spearman` of a model folder, with the pooling its sentence-transformers modules name."""
+    from .modeling import load_model, load_tokenizer
+
+    if not os.path.isdir(model_dir):
+        raise UserError(f"--model_dir: no such folder: {model_dir}")
+    model = load_model(model_dir, argname="--model_dir").eval()
+    tokenizer = load_tokenizer(model_dir, "--model_dir")
+    mode, normalize = read_pooling(model_dir)
+    result = sts_zero_shot_spearman(model, tokenizer, sts_pairs, mode, normalize, batch_size, max_examples)
+    return {**result, "pooling": mode, "normalize": normalize}
+
+
 def evaluate_sts_folder(args) -> dict:
     """eval_sts.py: the zero-shot STS Spearman of the model folder `args.model_dir`, printed (and written) as JSON."""
-    from .modeling import atomic_write_json, load_model, load_tokenizer
+    from .modeling import atomic_write_json
 
     if not os.path.isdir(args.model_dir):
         raise UserError(f"--model_dir: no such folder: {args.model_dir}")
-    read_sts(args.sts_file)  # a bad STS file fails before the model is loaded
-    model = load_model(args.model_dir, argname="--model_dir").eval()
-    tokenizer = load_tokenizer(args.model_dir, "--model_dir")
-    mode, normalize = read_pooling(args.model_dir)
-    result = sts_zero_shot_spearman(model, tokenizer, args.sts_file, mode, normalize, args.batch_size, args.max_examples)
-    result.update({"pooling": mode, "normalize": normalize, "sts_file": args.sts_file})
+    sts_pairs = read_sts(args.sts_file)  # a bad STS file fails before the model is loaded
+    result = folder_sts_spearman(args.model_dir, sts_pairs, args.batch_size, args.max_examples)
+    result["sts_file"] = args.sts_file
     print(json.dumps(result))
     if args.output_file:
         atomic_write_json(result, args.output_file)

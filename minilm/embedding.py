@@ -146,8 +146,7 @@ def run_embedding_distill(args) -> dict:
     tokenizer = load_tokenizer(args.teacher_model, "--teacher_model")
     # The text files and the STS file are read before anything heavy is loaded: a bad file fails at once.
     data = TextLines(args.train_text, tokenizer, args.max_seq_length, args.max_train_examples)
-    if args.sts_file:
-        read_sts(args.sts_file)
+    sts_pairs = read_sts(args.sts_file) if args.sts_file else None
     rt = Runtime(args)
     teacher = load_teacher(args.teacher_model)
     mode, normalize = read_pooling(args.teacher_model)
@@ -162,9 +161,9 @@ def run_embedding_distill(args) -> dict:
                 " + normalize" if normalize else "", args.relation_weight)
 
     def sts(model):
-        if not args.sts_file:
+        if sts_pairs is None:
             return None
-        return sts_zero_shot_spearman(model, tokenizer, args.sts_file, mode, normalize,
+        return sts_zero_shot_spearman(model, tokenizer, sts_pairs, mode, normalize,
                                       max_examples=args.max_sts_examples)["spearman"]
 
     before = sts(student.to(rt.device)) if rt.is_main else None

@@ -44,6 +44,7 @@ import torch
 
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.modeling import atomic_write_json, atomic_write_text
+from kdcore.sentence_embeddings import folder_sts_spearman, read_sts
 from pipelines.general_comparison import DemoStages, corpus_files, run_general_comparison
 from pipelines.reporting import format_stat, mean_spread, plot_loss_curves
 
@@ -109,8 +110,12 @@ def _run(stage: str, script: str, args: list[str], log_dir: str, times: dict | N
             times[stage] = round(time.time() - t, 1)
 
 
-def _done(folder: str, marker: str) -> bool:
-    return os.path.isfile(os.path.join(folder, marker))
+# The file a script writes last: a stage whose folder holds it is finished.
+DONE_MARKERS = {"general_distill.py": "model.safetensors", "pregenerate_training_data.py": "packed_metrics.json"}
+
+
+def _done(folder: str, script: str) -> bool:
+    return os.path.isfile(os.path.join(folder, DONE_MARKERS.get(script, "eval_results.json")))
 
 
 STAGE_RECORD = "demo_stage.json"
@@ -262,7 +267,7 @@ def packed_corpus(data_dir: str, out: str, teacher: str, stage) -> str:
     packed = os.path.join(out, "corpus_packed128")
     stage(packed, "pregenerate_packed", "pregenerate_training_data.py",
           ["--train_corpus", os.path.join(data_dir, "corpus", "*.txt"), "--bert_model", teacher, "--do_lower_case",
-           "--max_seq_len", 128, "--packed_sequences", "--reduce_memory"], marker="packed_metrics.json")
+           "--max_seq_len", 128, "--packed_sequences", "--reduce_memory"])
     return packed
 
 
@@ -307,16 +312,6 @@ def sst2_accuracy(model_dir: str, data_dir: str, max_examples: int | None, max_s
     return evaluate(model, items, task, glue_collate(tokenizer), 64, torch.device("cpu"))["acc"]
 
 
-def sts_spearman(model_dir: str, sts_file: str, max_examples: int | None) -> float:
-    from kdcore.modeling import load_model, load_tokenizer
-    from kdcore.sentence_embeddings import read_pooling, sts_zero_shot_spearman
-
-    mode, normalize = read_pooling(model_dir)
-    model = load_model(model_dir, argname="--model_dir").eval()
-    return sts_zero_shot_spearman(model, load_tokenizer(model_dir, "--model_dir"), sts_file, mode, normalize,
-                                  max_examples=max_examples)["spearman"]
-
-
 # Student rows: (key, label, the stage that makes it). The control differs from the distilled rows in the labels only.
 GOLD_ROWS = (
     ("gold_random", "student 3 x 384, random init, gold labels"),
@@ -347,6 +342,7 @@ def run_demo(args) -> dict:
     for path in [sst2, sts_file, teacher] + corpus:
         if not path or not os.path.exists(path):
             raise UserError(f"demo input not found: {path}")
+    sts_pairs = read_sts(sts_file)  # read once; every STS-B score of the demo uses it
     logs = ensure_writable_dir(os.path.join(out, "logs"), "--output_dir")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
@@ -371,10 +367,10 @@ def run_demo(args) -> dict:
     gold = [*finetune, "--evaluate_during_training", "--logging_steps", scale.student_eval_steps]
     # Every student: same epochs, learning rate and batch; no warmup, no weight decay; the last model is reported.
     student_recipe = ["--num_train_epochs", scale.student_epochs, "--learning_rate", args.student_lr]
-    def stage(folder, name, script, argv, marker="eval_results.json", seed=None, share=False):
+    def stage(folder, name, script, argv, seed=None, share=False):
         """One stage; `share`: it runs beside others (--jobs), on its share of the cores."""
         argv = [*argv, "--output_dir", folder] + ([] if seed is None else ["--seed", seed])
-        if _done(folder, marker):
+        if _done(folder, script):
             check_stage_record(folder, name, argv)
             return
         _run(name, script, argv, logs, times, threads if share else None)
@@ -439,9 +435,15 @@ def run_demo(args) -> dict:
                          args.relation_weight, "--logging_steps", max(1, scale.embed_steps // 50)])])
         return [[(*st, seed) for st in chain] for chain in chains]
 
-    def run_chain(chain):
-        for folder, name, script, argv, seed in chain:
-            stage(folder, name, script, argv, seed=seed, share=True)
+    def run_chains(chains):
+        """Each chain's stages in order; the chains side by side, --jobs at a time."""
+        def run_chain(chain):
+            for folder, name, script, argv, seed in chain:
+                stage(folder, name, script, argv, seed=seed, share=True)
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for future in [pool.submit(run_chain, chain) for chain in chains]:
+                future.result()
 
     # Chains in order of what the table needs most: every seed's control and recipe first, the ablation rows last
     # (a demo stopped early still has its headline rows complete).
@@ -451,9 +453,7 @@ def run_demo(args) -> dict:
     all_chains = sorted((chain for chains in per_seed for chain in chains),
                         key=lambda chain: (priority.index(os.path.basename(chain[0][0])), chain[0][4]))
     # The first seed's teacher-logit cache is written by one stage before others read it.
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for future in [pool.submit(run_chain, chain) for chain in all_chains]:
-            future.result()
+    run_chains(all_chains)
 
     # STS-B zero-shot and SST-2 accuracies, cached by folder and weights (a retrained folder is a new key).
     scores_path = os.path.join(out, "scores.json")
@@ -471,7 +471,8 @@ def run_demo(args) -> dict:
         return scores[key]
 
     def sts(folder):
-        return cached("sts", folder, lambda d: sts_spearman(d, sts_file, scale.sts_max_examples))
+        return cached("sts", folder,
+                      lambda d: folder_sts_spearman(d, sts_pairs, max_examples=scale.sts_max_examples)["spearman"])
 
     def dev_acc(folder):
         return cached("dev", folder, lambda d: sst2_accuracy(d, sst2, scale.glue_max_eval_examples,
@@ -541,9 +542,9 @@ def run_demo(args) -> dict:
                      os.path.join(out, "loss_curves.png"))
     print(md)
     if args.general:
-        stages = DemoStages(out=out, seeds=seeds, jobs=args.jobs, teacher=teacher, student_config=args.student_config,
+        stages = DemoStages(out=out, seeds=seeds, teacher=teacher, student_config=args.student_config,
                             init_layers=args.init_layers, corpus_files=corpus_files(data),
-                            packed=packed_corpus(data, out, teacher, stage), stage=stage,
+                            packed=packed_corpus(data, out, teacher, stage), run_chains=run_chains,
                             finetune_args=lambda init: ["--model_name_or_path", init, *student_recipe, *gold],
                             task_distill_chain=distill_chain, sts=sts, dev_acc=dev_acc, heldout_acc=heldout_acc,
                             times=times)

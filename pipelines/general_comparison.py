@@ -22,7 +22,6 @@ import math
 import os
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,13 +50,12 @@ class DemoStages:
 
     out: str
     seeds: list[int]
-    jobs: int
     teacher: str
     student_config: str
     init_layers: str
     corpus_files: list[str]
     packed: str  # the packed 128-token stream of the corpora
-    stage: Callable  # stage(folder, name, script, argv, marker=..., seed=..., share=...)
+    run_chains: Callable  # run_chains([[(folder, name, script, argv, seed), ...], ...]): chains side by side
     finetune_args: Callable  # finetune_args(init) -> run_glue.py arguments of the demo's student recipe
     task_distill_chain: Callable  # task_distill_chain(start, prefix, seed) -> [(folder, name, script, argv), ...]
     sts: Callable  # sts(folder) -> STS-B dev zero-shot Spearman
@@ -127,21 +125,12 @@ def run_general_comparison(d: DemoStages, tokens: int, batch_size: int, seq_len:
         general = folder(seed, tagged(key))
         return [(general, f"seed{seed}_{tagged(key)}", script,
                  general_args(key, script, method_args, d, budget[key]["steps"], batch_size, lr, warmup, seq_len,
-                              log_every), "model.safetensors"),
+                              log_every)),
                 (folder(seed, tagged(key, "_sst2")), f"seed{seed}_{tagged(key, '_sst2')}", "run_glue.py",
-                 d.finetune_args(general), "eval_results.json")]
-
-    def run_chains(chains):
-        def run(c):
-            for out_dir, name, script, argv, marker, seed in c:
-                d.stage(out_dir, name, script, argv, marker=marker, seed=seed, share=True)
-
-        with ThreadPoolExecutor(max_workers=d.jobs) as pool:
-            for future in [pool.submit(run, c) for c in chains]:
-                future.result()
+                 d.finetune_args(general))]
 
     # Phase 1: every method and seed (the slowest methods first, so the pool drains evenly).
-    run_chains([[(*st, seed) for st in chain(seed, key, script, method_args)]
+    d.run_chains([[(*st, seed) for st in chain(seed, key, script, method_args)]
                 for key, _, script, method_args in GENERAL_METHODS for seed in d.seeds])
     # Phase 2: the task-distillation pipeline (c) for the general student that fine-tunes best on the held-out slice,
     # and for the start itself (the same pipeline without general distillation).
@@ -149,7 +138,7 @@ def run_general_comparison(d: DemoStages, tokens: int, batch_size: int, seq_len:
                for key, *_ in GENERAL_METHODS}
     best = max(heldout, key=heldout.get)
     start = os.path.join(d.out, "student_teacher_layers")
-    run_chains([[(*st, "eval_results.json", seed) for st in d.task_distill_chain(general_start, prefix, seed)]
+    d.run_chains([[(*st, seed) for st in d.task_distill_chain(general_start, prefix, seed)]
                 for general_start_of, prefix in ((lambda s: folder(s, tagged(best)), tagged(best, "_kd")),
                                                  (lambda s: start, "start_kd"))
                 for seed in d.seeds for general_start in [general_start_of(seed)]])
