@@ -83,8 +83,26 @@ def linear_schedule(optimizer, num_warmup_steps: int, num_training_steps: int, d
 # --------------------------------------------------------------------------------------------------------------
 # Data order
 # --------------------------------------------------------------------------------------------------------------
+def length_grouped(order: list[int], lengths, group: int, generator: torch.Generator, window: int = 64) -> list[int]:
+    """`order` rearranged so that every run of `group` consecutive samples (one global batch) has similar lengths.
+
+    Windows of `window` groups of the shuffled order are each sorted by length and cut into groups, and the groups
+    of the whole epoch are then shuffled, so batches stay random in which lengths come when but pad little. Line-by-
+    line text (a mean of 23 tokens padded to the batch's longest, up to 128) runs several times faster this way.
+    """
+    span = group * window
+    groups = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        groups.extend(chunk[g : g + group] for g in range(0, len(chunk), group))
+    # The last (possibly short) group stays last, so every earlier global batch is full and equal-sized.
+    tail = groups.pop() if groups and len(groups[-1]) < group else None
+    groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+    return [i for g in groups + ([tail] if tail else []) for i in g]
+
+
 def epoch_indices(num_examples: int, epoch: int, seed: int, rank: int, world_size: int, shuffle: bool = True,
-                  consumed: int = 0) -> list[int]:
+                  consumed: int = 0, lengths=None, group: int = 1) -> list[int]:
     """This rank's examples of `epoch` once the first `consumed` samples of the epoch's global order are used.
 
     The global order P is a permutation seeded by seed + epoch (DistributedSampler's rule). The samples left,
@@ -93,11 +111,15 @@ def epoch_indices(num_examples: int, epoch: int, seed: int, rank: int, world_siz
     Since ranks take strided samples and consume equal-sized batches, after b batches of B per rank exactly the
     first b * B * world_size samples of P are used. So with the same world size a resumed rank continues exactly
     where it stopped, and with another world size the rest of the epoch is shared out again, nothing repeated or
-    skipped (apart from the padding of the last round).
+    skipped (apart from the padding of the last round). With `lengths` (one per example), P is regrouped by
+    `length_grouped` into runs of `group` (= batch size x world size) similar lengths, still a function of (seed,
+    epoch) alone.
     """
     if shuffle:
         g = torch.Generator().manual_seed(seed + epoch)
         order = torch.randperm(num_examples, generator=g).tolist()
+        if lengths is not None:
+            order = length_grouped(order, lengths, group, g)
     else:
         order = list(range(num_examples))
     rest = order[consumed:]
@@ -209,10 +231,12 @@ class Trainer:
                  num_train_epochs: float, save_model_fn: Callable[[nn.Module, str], None],
                  evaluate_fn: Callable[[nn.Module, int], dict] | None = None, eval_steps: int = 0,
                  metric_for_best: str | None = None,
-                 checkpoint_prefix: str = "checkpoint", shuffle: bool = True):
+                 checkpoint_prefix: str = "checkpoint", shuffle: bool = True, group_by_length: bool = False):
         ensure_writable_dir(args.output_dir)
         self.rt, self.args = rt, args
         self.dataset, self.collate_fn, self.shuffle = train_dataset, collate_fn, shuffle
+        # group_by_length: the dataset's `lengths` (tokens per example) group each global batch (length_grouped)
+        self.lengths = train_dataset.lengths if group_by_length else None
         self.save_model_fn, self.evaluate_fn, self.eval_steps = save_model_fn, evaluate_fn, eval_steps
         self.metric_for_best = metric_for_best  # higher is better (every task metric here is)
         self.prefix = checkpoint_prefix
@@ -251,7 +275,8 @@ class Trainer:
         """This rank's micro-batches of `epoch` after the samples already consumed (the saved data position on
         resume), and their sizes."""
         order = epoch_indices(len(self.dataset), epoch, self.args.seed, self.rt.rank, self.rt.world_size, self.shuffle,
-                              consumed=self.state.samples_in_epoch)
+                              consumed=self.state.samples_in_epoch, lengths=self.lengths,
+                              group=self.plan.batch_size * self.rt.world_size)
         size = self.plan.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)]
         loader = torch.utils.data.DataLoader(
@@ -403,7 +428,7 @@ class Trainer:
 
 def train(rt: Runtime, args, model: nn.Module, train_dataset, collate_fn: Callable, batch_size: int,
           num_train_epochs: float, save_model_fn: Callable[[nn.Module, str], None], **options) -> TrainResult:
-    """`Trainer(...).run()`; `options`: evaluate_fn, eval_steps, metric_for_best, checkpoint_prefix, shuffle
-    (see Trainer)."""
+    """`Trainer(...).run()`; `options`: evaluate_fn, eval_steps, metric_for_best, checkpoint_prefix, shuffle,
+    group_by_length (see Trainer)."""
     return Trainer(rt, args, model, train_dataset, collate_fn, batch_size, num_train_epochs, save_model_fn,
                    **options).run()

@@ -87,6 +87,7 @@ class TextLines(torch.utils.data.Dataset):
             enc = tokenizer(lines[start:start + 4096], truncation=True, max_length=max_seq_length,
                             return_token_type_ids=True)
             self.features.extend(zip(enc["input_ids"], enc["token_type_ids"]))
+        self.lengths = [len(ids) for ids, _ in self.features]  # the trainer groups batches by length
 
     def __len__(self):
         return len(self.features)
@@ -177,7 +178,7 @@ def run_embedding_distill(args) -> dict:
 
     result = train(rt, args, objective, data, data.collate, args.train_batch_size // max(1, rt.world_size),
                    args.num_train_epochs, save_fn, evaluate_fn=evaluate_fn if args.sts_file else None,
-                   eval_steps=args.eval_steps)
+                   eval_steps=args.eval_steps, group_by_length=True)
     final = {}
     if rt.is_main:
         final = {"global_step": result.global_step, **{f"train_{k}": v for k, v in result.last_losses.items()}}

@@ -33,6 +33,31 @@ def test_changed_world_size_shares_out_the_rest_of_the_epoch(old, new):
     assert len(together) - n < new  # repeated only to pad the last round to the world size
 
 
+def padded_tokens(order, lengths, group):
+    return sum(max(lengths[i] for i in order[g:g + group]) * len(order[g:g + group]) for g in range(0, len(order), group))
+
+
+@pytest.mark.parametrize("world,batch", [(1, 8), (2, 4), (3, 5)])
+def test_length_grouped_order_pads_less_and_resumes_exactly(world, batch):
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 128, (1000,), generator=gen).tolist()
+    group = world * batch
+    grouped = epoch_indices(1000, 2, 9, 0, 1, lengths=lengths, group=group)
+    plain = epoch_indices(1000, 2, 9, 0, 1)
+    assert sorted(grouped) == list(range(1000))  # every example once an epoch
+    assert grouped != epoch_indices(1000, 3, 9, 0, 1, lengths=lengths, group=group)  # reshuffled each epoch
+    assert padded_tokens(grouped, lengths, group) < 0.7 * padded_tokens(plain, lengths, group)
+    # global batches are not sorted among themselves: the first and last thirds have similar mean lengths
+    firsts = [lengths[i] for i in grouped[:333]]
+    lasts = [lengths[i] for i in grouped[-333:]]
+    assert abs(sum(firsts) / 333 - sum(lasts) / 333) < 15
+    for b in range(0, 1000 // group + 1, 7):  # a resumed rank continues exactly where it stopped
+        for rank in range(world):
+            full = epoch_indices(1000, 2, 9, rank, world, lengths=lengths, group=group)
+            assert epoch_indices(1000, 2, 9, rank, world, consumed=b * group, lengths=lengths, group=group) \
+                == full[b * batch:]
+
+
 def test_broadcast_bytes_outside_a_process_group_is_identity():
     assert broadcast_bytes(b"abc") == b"abc" and broadcast_bytes(None) == b""
 
