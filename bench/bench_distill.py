@@ -164,18 +164,23 @@ def main(argv=None):
     p = bench_parser(__doc__, {"quick": "default: 1 warm-up + 2 timed steps per config, fp32 (+ bf16 where native)",
                                "full": "2 warm-up + 5 timed steps per config",
                                "smoke": "tiny models, 1 step (tests)"})
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), identifies=False)
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
-                   help="default: fp32, and bf16 where this machine runs bf16 matmuls natively (not emulated)")
+                   help="default: fp32, and bf16 where this machine runs bf16 matmuls natively (not emulated)",
+                   identifies=False)
     p.add_argument("--variants", nargs="+", choices=["current", "unfused_kl", "full_forward"], default=["current"],
-                   help="toolkit states to compare in the same interleaved rounds (module docstring)")
-    p.add_argument("--batch_size", type=int, default=None)
-    p.add_argument("--seq_len", type=int, default=None)
-    p.add_argument("--repeat", type=int, default=None, help="timed steps per config (interleaved rounds)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per config first")
-    p.add_argument("--matmul_n", type=int, default=None, help="size of the n x n x n yardstick matmul (2048)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join("bench", "results", "distill.json"))
+                   help="toolkit states to compare in the same interleaved rounds (module docstring)",
+                   identifies=False)
+    p.add_argument("--batch_size", type=int, default=None, identifies=False, range=">=1")
+    p.add_argument("--seq_len", type=int, default=None, identifies=False, range=">=1")
+    p.add_argument("--repeat", type=int, default=None, help="timed steps per config (interleaved rounds)",
+                   identifies=False, range=">=1")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per config first",
+                   identifies=False, range=">=0")
+    p.add_argument("--matmul_n", type=int, default=None, help="size of the n x n x n yardstick matmul (2048)",
+                   identifies=False, range=">=1")
+    p.add_argument("--seed", type=int, default=0, identifies=False, range="[0,4294967295]")
+    p.add_argument("--out", default=os.path.join("bench", "results", "distill.json"), identifies=False)
     args = p.parse_args(argv)
     preset = apply_preset(args, PRESETS)
     sizes = SIZES["smoke" if preset == "smoke" else "bench"]

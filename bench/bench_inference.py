@@ -10,6 +10,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from common import machine_info, report, timed_round_robin
+from kdcore.cli import ArgumentParser
 
 SHAPES = {  # name: (layers, hidden, heads, intermediate)
     "BERT-base 12x768": (12, 768, 12, 3072),
@@ -21,13 +22,13 @@ SHAPES = {  # name: (layers, hidden, heads, intermediate)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--repeat", type=int, default=5)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch_size", type=int, default=8, identifies=False, range=">=1")
+    p.add_argument("--seq_len", type=int, default=128, identifies=False, range=">=1")
+    p.add_argument("--repeat", type=int, default=5, identifies=False, range=">=1")
     p.add_argument("--models", nargs="+", choices=list(SHAPES), default=list(SHAPES),
-                   help="shapes to time (the first is the base of the ratio; default: all)")
-    p.add_argument("--out", default=os.path.join("bench", "results", "inference.json"))
+                   help="shapes to time (the first is the base of the ratio; default: all)", identifies=False)
+    p.add_argument("--out", default=os.path.join("bench", "results", "inference.json"), identifies=False)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len), device=device)

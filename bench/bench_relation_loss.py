@@ -125,13 +125,15 @@ def main(argv=None):
         return child(int(argv[1]) or None, int(argv[2]), int(argv[3]), int(argv[4]), argv[5])
     p = bench_parser(__doc__, {"quick": "default: batch 8 x 512 tokens, 48 and 64 relation heads, 1 round",
                                "full": "the same shapes, 3 rounds", "smoke": "tiny shapes (tests)"})
-    p.add_argument("--batch_size", type=int, default=None)
-    p.add_argument("--seq_len", type=int, default=None)
-    p.add_argument("--relation_heads", type=int, nargs="+", default=None)
+    p.add_argument("--batch_size", type=int, default=None, identifies=False, range=">=1")
+    p.add_argument("--seq_len", type=int, default=None, identifies=False, range=">=1")
+    p.add_argument("--relation_heads", type=int, nargs="+", default=None, identifies=False, range=">=1")
     p.add_argument("--chunk_elements", type=int, nargs="+", default=[2**24, MAX_CHUNK_ELEMENTS],
-                   help="chunk sizes of the chunked loss to time beside the reference (elements, powers of 2)")
-    p.add_argument("--repeat", type=int, default=None, help="rounds (interleaved); each call in a fresh process")
-    p.add_argument("--out", default=os.path.join("bench", "results", "relation_loss.json"))
+                   help="chunk sizes of the chunked loss to time beside the reference (elements, powers of 2)",
+                   identifies=False, range=">=1")
+    p.add_argument("--repeat", type=int, default=None, help="rounds (interleaved); each call in a fresh process",
+                   identifies=False, range=">=1")
+    p.add_argument("--out", default=os.path.join("bench", "results", "relation_loss.json"), identifies=False)
     args = p.parse_args(argv)
     preset = apply_preset(args, PRESETS)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

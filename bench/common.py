@@ -13,6 +13,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from kdcore.cli import ArgumentParser  # noqa: E402
 from kdcore.modeling import atomic_write_json  # noqa: E402
 
 
@@ -24,12 +25,14 @@ def default_data_dir() -> str:
 def bench_parser(doc: str, preset_helps: dict, data_dir: bool = False):
     """An argparse parser with mutually exclusive --quick (the default) / --full / --smoke presets (`preset_helps`
     says what each runs) and, with `data_dir`, --data_dir (default: default_data_dir())."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group()
     for name in ("quick", "full", "smoke"):
-        group.add_argument(f"--{name}", dest="preset", action="store_const", const=name, help=preset_helps[name])
+        group.add_argument(f"--{name}", dest="preset", action="store_const", const=name, help=preset_helps[name],
+                           identifies=False)
     if data_dir:
-        parser.add_argument("--data_dir", default=default_data_dir(), help="real data folder ($KD_SHARED_DATA)")
+        parser.add_argument("--data_dir", default=default_data_dir(), help="real data folder ($KD_SHARED_DATA)",
+                            identifies=False)
     return parser
 
 

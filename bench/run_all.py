@@ -22,6 +22,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 from common import cpu_model_and_flags  # noqa: E402
 
+from kdcore.cli import ArgumentParser  # noqa: E402
 from kdcore.modeling import atomic_write_text  # noqa: E402
 DATA_SCRIPTS = {"pregenerate", "augment", "corpus"}  # benchmarks that read the real data folder
 
@@ -42,14 +43,15 @@ BENCHMARKS = {
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="default")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full")
-    mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
-    p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
-    p.add_argument("--results_dir", default=os.path.join(BENCH, "results"))
-    p.add_argument("--data_dir", default=None, help="real data folder (default: $KD_SHARED_DATA or ../shared/data)")
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="default", identifies=False)
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", identifies=False)
+    mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke", identifies=False)
+    p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks", identifies=False)
+    p.add_argument("--results_dir", default=os.path.join(BENCH, "results"), identifies=False)
+    p.add_argument("--data_dir", default=None, help="real data folder (default: $KD_SHARED_DATA or ../shared/data)",
+                   identifies=False)
     args = p.parse_args(argv)
     mode = args.mode or "quick"
     os.makedirs(args.results_dir, exist_ok=True)

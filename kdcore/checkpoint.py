@@ -117,20 +117,12 @@ class TrainState:
     eval_history: list = field(default_factory=list)
 
 
-# Arguments that define a run: its model, data and optimisation. A checkpoint made with other values belongs to
-# another run, and auto-resume refuses it rather than silently continuing it with these arguments.
-RUN_IDENTITY_ARGS = (
-    "teacher_model", "student_model", "model_name_or_path", "config_name", "tokenizer_name", "pregenerated_data",
-    "train_file", "data_dir", "task_name", "language", "train_language", "distill_method", "pred_distill",
-    "aug_train", "do_lower_case", "train_batch_size", "per_gpu_train_batch_size", "gradient_accumulation_steps",
-    "learning_rate", "weight_decay", "adam_epsilon", "adam_beta1", "adam_beta2", "warmup_proportion",
-    "num_warmup_steps", "lr_schedule", "seed", "max_seq_length", "max_source_seq_length", "max_target_seq_length",
-    "num_relation_heads", "teacher_layer", "temperature", "alpha", "max_train_examples", "fp16", "bf16",
-)
-
-
 def run_identity(args) -> dict:
-    return {k: getattr(args, k) for k in RUN_IDENTITY_ARGS if hasattr(args, k)}
+    """The values of the options that define a run: its model, data, objective and optimisation. Each option says
+    so where it is declared (`identifies=True`, kdcore.cli); parse_args records which ones in `args.identity_keys`.
+    A checkpoint made with other values belongs to another run, and resuming it is refused rather than silently
+    continued with these arguments."""
+    return {k: getattr(args, k) for k in getattr(args, "identity_keys", ()) if hasattr(args, k)}
 
 
 def _file_digest(path: str) -> dict:

@@ -87,9 +87,10 @@ def _close_progress_bars() -> None:
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    declaring(parser.add_argument)(
         "--config",
         default=None,
+        identifies=False,  # its values are what count, and they are options themselves
         help="JSON or YAML file whose keys are argument names (without dashes); "
         "arguments given on the command line override it.",
     )
@@ -123,58 +124,74 @@ def _raise_user_error(message: str):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Numeric ranges: one rule per argument name, shared by every script (a batch size means the same everywhere).
-# A rule is (low, low_inclusive, high, high_inclusive, extra allowed values). Every float argument must also be
-# finite (no nan/inf). Checked while parsing, so before anything is loaded, for the command line and --config alike.
+# Options that describe themselves. Every option is declared with
+#   identifies=True/False  whether a different value makes a different run: resuming a checkpoint made with another
+#                          value is refused (kdcore.checkpoint); options of scripts that never resume say False;
+#   range="..."            for numbers, the values allowed, checked while parsing (command line and --config alike),
+#                          before anything is loaded; every float must also be finite (no nan/inf).
+# A range is ">=1", ">0", "<=1", "[0,1]", "[0,1)", "(0,1)", "any" (finite), optionally followed by
+# " or -1,0" (values also allowed outside the interval). tests/test_options.py fails on an undeclared option.
 # ---------------------------------------------------------------------------------------------------------------
 _INF = math.inf
-AT_LEAST_1 = (1, True, _INF, True, ())
-AT_LEAST_0 = (0, True, _INF, True, ())
-POSITIVE = (0, False, _INF, True, ())
-PROBABILITY = (0, True, 1, True, ())
-UNIT_INTERVAL_OPEN_TOP = (0, True, 1, False, ())
-RANGE_RULES: dict[str, tuple] = {
-    # sizes and counts
-    **{name: AT_LEAST_1 for name in (
-        "train_batch_size", "eval_batch_size", "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "batch_size",
-        "gradient_accumulation_steps", "beam_size", "max_seq_length", "max_seq_len", "max_tgt_length",
-        "max_query_length", "doc_stride", "max_answer_length", "n_best_size", "ngram_size", "num_relation_heads",
-        "epochs_to_generate", "num_workers", "max_predictions_per_seq", "max_documents", "max_train_examples",
-        "max_eval_examples", "glove_vocab_size", "M", "N", "logging_steps", "save_total_limit",
-        "distill_steps", "embed_steps", "seeds", "heldout_blocks", "jobs", "general_tokens", "max_examples",
-        "max_sts_examples")},
-    "max_source_seq_length": (3, True, _INF, True, ()),  # [CLS] token [SEP]
-    "max_target_seq_length": (2, True, _INF, True, ()),  # token [SEP]
-    **{name: AT_LEAST_0 for name in (
-        "save_steps", "eval_step", "augment", "num_warmup_steps", "dataloader_num_workers", "subset", "min_len",
-        "num_max_mask_token", "eval_steps")},  # 0: never (save only at the end, evaluate only at the end, decode everything...)
-    "seed": (0, True, 2**32 - 1, True, ()),  # numpy's seed range
-    "max_steps": (1, True, _INF, True, (-1, 0)),  # -1 / 0: train for --num_train_epochs
-    "local_rank": (-1, True, _INF, True, ()),
-    "teacher_layer": (-_INF, True, _INF, True, ()),  # nonzero; checked against the teacher's depth later
-    # optimisation
-    **{name: POSITIVE for name in (
-        "adam_epsilon", "num_train_epochs", "temperature", "distill_lr", "teacher_lr", "student_lr", "embed_lr",
-        "teacher_epochs", "stage1_epochs", "stage1_lr", "general_lr")},
-    # --learning_rate 0 is allowed: the weights stay as they are (a run through the training path that changes
-    # nothing, which the tests use to check what a run starts from)
-    "learning_rate": AT_LEAST_0,
-    "adam_beta1": UNIT_INTERVAL_OPEN_TOP,
-    "adam_beta2": UNIT_INTERVAL_OPEN_TOP,
-    "weight_decay": AT_LEAST_0,
-    "warmup_proportion": PROBABILITY,
-    "general_warmup": PROBABILITY,
-    "label_smoothing": UNIT_INTERVAL_OPEN_TOP,
-    "alpha": PROBABILITY,  # weight of the gold-label loss beside the soft labels
-    "heldout_fraction": (0, False, 1, False, ()),
-    # probabilities
-    **{name: PROBABILITY for name in ("keep_prob", "random_prob", "target_mask_prob", "short_seq_prob", "p")},
-    "masked_lm_prob": UNIT_INTERVAL_OPEN_TOP,
-    "source_mask_prob": (-_INF, True, 1, True, ()),  # <= 0: off
-    # loss weights
-    **{name: AT_LEAST_0 for name in (
-        "qq_weight", "kk_weight", "vv_weight", "attention_weight", "value_relation_weight", "relation_weight")},
-}
+
+
+def parse_range(text: str) -> tuple:
+    """A range declaration -> (low, low_inclusive, high, high_inclusive, extra allowed values)."""
+    body, _, extra = text.partition(" or ")
+    extras = tuple(float(v) for v in extra.split(",")) if extra else ()
+    body = body.strip()
+    if body == "any":
+        return (-_INF, True, _INF, True, extras)
+    for op, rule in ((">=", lambda v: (v, True, _INF, True)), (">", lambda v: (v, False, _INF, True)),
+                     ("<=", lambda v: (-_INF, True, v, True)), ("<", lambda v: (-_INF, True, v, False))):
+        if body.startswith(op):
+            return (*rule(float(body[len(op):])), extras)
+    if body[:1] in "[(" and body[-1:] in ")]" and "," in body:
+        low, high = (float(v) for v in body[1:-1].split(","))
+        return (low, body[0] == "[", high, body[-1] == "]", extras)
+    raise ValueError(f"not a range declaration: {text!r}")
+
+
+def _declare(action: argparse.Action, identifies, range_text) -> argparse.Action:
+    action.identifies = identifies
+    action.range_rule = parse_range(range_text) if range_text is not None else None
+    return action
+
+
+def declaring(add_argument):
+    """`add_argument` that also takes the declarations `identifies=` and `range=` (see above)."""
+
+    def add(*names, identifies=None, range=None, **kwargs):  # noqa: A002 - the declaration reads best as range=
+        return _declare(add_argument(*names, **kwargs), identifies, range)
+
+    return add
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose options (in groups too) carry the declarations `identifies=` and `range=`."""
+
+    def add_argument(self, *names, identifies=None, range=None, **kwargs):  # noqa: A002
+        return _declare(super().add_argument(*names, **kwargs), identifies, range)
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        group.add_argument = declaring(group.add_argument)
+        return group
+
+    def add_mutually_exclusive_group(self, *args, **kwargs):
+        group = super().add_mutually_exclusive_group(*args, **kwargs)
+        group.add_argument = declaring(group.add_argument)
+        return group
+
+
+def identifying_options(parser: argparse.ArgumentParser) -> tuple[str, ...]:
+    return tuple(a.dest for a in parser._actions if getattr(a, "identifies", False))
+
+
+class RunArgs(argparse.Namespace):
+    """Parsed options, plus the names of those that identify the run (a slot, so vars(args) holds options only)."""
+
+    __slots__ = ("identity_keys",)
 
 
 def _describe(rule) -> str:
@@ -220,7 +237,7 @@ def _ranged(convert, dest: str, rule):
 def _install_range_rules(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if action.type in (int, float) and not getattr(action.type, "_kd_ranged", False):
-            action.type = _ranged(action.type, action.dest, RANGE_RULES.get(action.dest))
+            action.type = _ranged(action.type, action.dest, getattr(action, "range_rule", None))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,7 +318,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         # A required option given by the config file is no longer required on the command line.
         for key in values:
             dests[key].required = False
-    args = parser.parse_args(argv)
+    args = RunArgs()
+    args.identity_keys = identifying_options(parser)
+    args = parser.parse_args(argv, namespace=args)
     check_outputs(args)
     from kdcore.model_card import script_of_caller, start_run
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from torch import nn
 
-from .cli import UserError
+from .cli import ArgumentParser, UserError
 from .families import max_input_positions, uses_token_type_ids
 from .modeling import build_student, load_teacher, load_tokenizer, read_model_config, read_student_config
 from .objective import DistillObjective
@@ -63,7 +63,8 @@ class DistillMethod:
 TEACHER_LAYER = option(
     "--teacher_layer", type=int, default=None,
     help="Teacher layer to distil, 1-based as in the papers (e.g. 21 of 24 for BERT-large, 19 of 24 for "
-    "RoBERTa-large / XLM-R-large); negative counts from the end. Default: the last layer.")
+    "RoBERTa-large / XLM-R-large); negative counts from the end. Default: the last layer.",
+    identifies=True, range="any")
 
 
 def _method_options(methods: dict[str, DistillMethod]) -> dict[str, tuple[Option, list[str]]]:
@@ -78,28 +79,34 @@ def _method_options(methods: dict[str, DistillMethod]) -> dict[str, tuple[Option
 
 
 def build_parser(methods: dict[str, DistillMethod], default_method: str = "tinybert") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="General distillation (" + " / ".join(methods) + ") of a teacher over data written by "
         "pregenerate_training_data.py.")
     parser.add_argument("--pregenerated_data", required=True,
                         help="Folder written by pregenerate_training_data.py: epochs (binary shards or epoch_N.json, with "
-                        "epoch_N_metrics.json) or packed sequences (packed_metrics.json; shuffled by the trainer).")
-    parser.add_argument("--teacher_model", required=True, help="Teacher: a HF model folder (with its tokenizer).")
+                        "epoch_N_metrics.json) or packed sequences (packed_metrics.json; shuffled by the trainer).",
+                        identifies=True)
+    parser.add_argument("--teacher_model", required=True, help="Teacher: a HF model folder (with its tokenizer).",
+                        identifies=True)
     parser.add_argument("--student_model", required=True,
                         help="Student: a config JSON (e.g. configs/minilm_L6xH384.json; size fields only, the "
-                        "vocabulary follows the teacher) or a folder (its config.json; its weights with --continue_train).")
+                        "vocabulary follows the teacher) or a folder (its config.json; its weights with --continue_train).",
+                        identifies=True)
     parser.add_argument("--distill_method", choices=list(methods), default=default_method,
-                        help="; ".join(f"{m.name}: {m.summary}" for m in methods.values()))
+                        help="; ".join(f"{m.name}: {m.summary}" for m in methods.values()), identifies=True)
     parser.add_argument("--reduce_memory", action="store_true",
-                        help="Keep the pregenerated examples in memory-mapped files instead of RAM.")
+                        help="Keep the pregenerated examples in memory-mapped files instead of RAM.",
+                        identifies=False)
     parser.add_argument("--do_lower_case", action="store_true",
-                        help="Accepted for compatibility; the data is already tokenized with the teacher's tokenizer.")
+                        help="Accepted for compatibility; the data is already tokenized with the teacher's tokenizer.",
+                        identifies=True)
     parser.add_argument("--train_batch_size", type=int, default=32,
-                        help="Examples per optimisation step per process (split into --gradient_accumulation_steps).")
-    parser.add_argument("--num_train_epochs", type=float, default=3.0)
+                        help="Examples per optimisation step per process (split into --gradient_accumulation_steps).",
+                        identifies=True, range=">=1")
+    parser.add_argument("--num_train_epochs", type=float, default=3.0, identifies=True, range=">0")
     parser.add_argument("--continue_train", action="store_true",
                         help="Start from the weights in the --student_model folder (and its trainable extras, e.g. "
-                        "TinyBERT's fit_dense) instead of a random initialisation from its config.")
+                        "TinyBERT's fit_dense) instead of a random initialisation from its config.", identifies=True)
     add_student_init_args(parser)
     group = parser.add_argument_group("method options")
     for opt, owners in _method_options(methods).values():

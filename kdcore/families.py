@@ -141,7 +141,8 @@ def add_model_type_arg(parser, default: str = "bert", note: str = "") -> None:
     parser.add_argument("--model_type", default=default, type=str.lower, choices=list(MODEL_TYPES),
                         help="Input convention (kdcore/families.py MODEL_TYPES): bert/unilm pass token type ids; "
                         "minilm (BERT architecture) and xlmr read XLM-R's SentencePiece vocabulary; minilm, roberta "
-                        "and xlmr pass no token type ids. The architecture comes from the config." + note)
+                        "and xlmr pass no token type ids. The architecture comes from the config." + note,
+                        identifies=True)
 
 
 def get_path(module, path: str):

@@ -39,25 +39,30 @@ def add_model_args(parser, model_type_default: str = "bert") -> None:
     g = parser.add_argument_group("model")
     add_model_type_arg(g, model_type_default)
     g.add_argument("--model_name_or_path", required=True,
-                   help="An HF model folder, or a bare weights file (.bin / .safetensors) with --config_name.")
-    g.add_argument("--config_name", default=None, help="Config JSON (needed with a bare weights file).")
+                   help="An HF model folder, or a bare weights file (.bin / .safetensors) with --config_name.",
+                   identifies=True)
+    g.add_argument("--config_name", default=None, help="Config JSON (needed with a bare weights file).",
+                   identifies=True)
     g.add_argument("--tokenizer_name", default=None,
                    help="Tokenizer folder, vocab.txt (WordPiece) or a SentencePiece .model file; "
-                   "default: the model folder.")
+                   "default: the model folder.", identifies=True)
     g.add_argument("--do_lower_case", action="store_true",
-                   help="Lower-case the input (uncased WordPiece vocabularies, as in the seed command).")
+                   help="Lower-case the input (uncased WordPiece vocabularies, as in the seed command).",
+                   identifies=True)
 
 
 def add_task_args(parser):
     """The seed commands' training / evaluation switches shared by run_squad.py and run_xnli.py."""
     g = parser.add_argument_group("task")
-    g.add_argument("--do_train", action="store_true")
-    g.add_argument("--do_eval", action="store_true")
+    g.add_argument("--do_train", action="store_true", identifies=False)
+    g.add_argument("--do_eval", action="store_true", identifies=False)
     g.add_argument("--eval_all_checkpoints", action="store_true",
-                   help="Evaluate every checkpoint-<step>/ in --output_dir as well as the final model.")
-    g.add_argument("--per_gpu_train_batch_size", type=int, default=8, help="Training batch size per process.")
-    g.add_argument("--per_gpu_eval_batch_size", type=int, default=8)
-    g.add_argument("--num_train_epochs", type=float, default=3.0)
+                   help="Evaluate every checkpoint-<step>/ in --output_dir as well as the final model.",
+                   identifies=False)
+    g.add_argument("--per_gpu_train_batch_size", type=int, default=8, help="Training batch size per process.",
+                   identifies=True, range=">=1")
+    g.add_argument("--per_gpu_eval_batch_size", type=int, default=8, identifies=False, range=">=1")
+    g.add_argument("--num_train_epochs", type=float, default=3.0, identifies=True, range=">0")
     return g
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .cli import UserError
+from .cli import UserError, declaring
 
 logger = logging.getLogger("kd.runtime")
 
@@ -35,53 +35,65 @@ def add_runtime_args(parser: argparse.ArgumentParser, defaults: dict | None = No
     """
     aliases = aliases or {}
 
+    add_argument = declaring(parser.add_argument)
+
     def add(*names, dest, **kw):
-        parser.add_argument(*names, *aliases.get(dest, []), dest=dest, **kw)
+        add_argument(*names, *aliases.get(dest, []), dest=dest, **kw)
 
     g = parser.add_argument_group("training runtime")
-    add("--output_dir", dest="output_dir", required=True, help="Where checkpoints, logs and the final model go.")
-    add("--seed", dest="seed", type=int, default=42)
-    add("--learning_rate", dest="learning_rate", type=float, default=5e-5)
+    add("--output_dir", dest="output_dir", required=True, help="Where checkpoints, logs and the final model go.",
+        identifies=False)
+    add("--seed", dest="seed", type=int, default=42, identifies=True, range="[0,4294967295]")
+    add("--learning_rate", dest="learning_rate", type=float, default=5e-5, identifies=True, range=">=0")
     add("--weight_decay", dest="weight_decay", type=float, default=0.0,
-        help="AdamW weight decay; never applied to biases and LayerNorm weights.")
-    add("--adam_epsilon", dest="adam_epsilon", type=float, default=1e-8)
-    add("--adam_beta1", dest="adam_beta1", type=float, default=0.9)
-    add("--adam_beta2", dest="adam_beta2", type=float, default=0.999)
+        help="AdamW weight decay; never applied to biases and LayerNorm weights.", identifies=True, range=">=0")
+    add("--adam_epsilon", dest="adam_epsilon", type=float, default=1e-8, identifies=True, range=">0")
+    add("--adam_beta1", dest="adam_beta1", type=float, default=0.9, identifies=True, range="[0,1)")
+    add("--adam_beta2", dest="adam_beta2", type=float, default=0.999, identifies=True, range="[0,1)")
     add("--warmup_proportion", dest="warmup_proportion", type=float, default=0.1,
-        help="Fraction of the optimisation steps spent in linear warmup.")
+        help="Fraction of the optimisation steps spent in linear warmup.", identifies=True, range="[0,1]")
     add("--num_warmup_steps", "--warmup_steps", dest="num_warmup_steps", type=int, default=None,
-        help="Warmup steps; overrides --warmup_proportion.")
+        help="Warmup steps; overrides --warmup_proportion.", identifies=True, range=">=0")
     add("--lr_schedule", dest="lr_schedule", default="linear", choices=["linear", "constant"],
         help="'linear': warmup then linear decay to 0; 'constant': warmup then a constant rate "
-        "(TinyBERT's intermediate-layer stage used a constant rate).")
-    add("--gradient_accumulation_steps", dest="gradient_accumulation_steps", type=int, default=1)
+        "(TinyBERT's intermediate-layer stage used a constant rate).", identifies=True)
+    add("--gradient_accumulation_steps", dest="gradient_accumulation_steps", type=int, default=1,
+        identifies=True, range=">=1")
     add("--max_grad_norm", dest="max_grad_norm", type=float, default=1.0,
-        help="Global-norm gradient clipping (<= 0 disables).")
+        help="Global-norm gradient clipping (<= 0 disables).", identifies=True, range="any")
     add("--max_steps", dest="max_steps", type=int, default=-1,
-        help="Stop after this many optimisation steps (overrides the epoch count when > 0).")
-    add("--save_steps", dest="save_steps", type=int, default=0, help="Checkpoint every N steps (0: only at the end).")
+        help="Stop after this many optimisation steps (overrides the epoch count when > 0).",
+        identifies=True, range=">=1 or -1,0")
+    add("--save_steps", dest="save_steps", type=int, default=0, help="Checkpoint every N steps (0: only at the end).",
+        identifies=False, range=">=0")
     add("--save_total_limit", dest="save_total_limit", type=int, default=None,
-        help="Keep at most this many checkpoints (oldest deleted first).")
+        help="Keep at most this many checkpoints (oldest deleted first).", identifies=False, range=">=1")
     add("--resume_from_checkpoint", dest="resume_from_checkpoint", default="auto",
         help="'auto' (default): resume from the newest checkpoint in --output_dir if there is one; "
-        "a checkpoint folder; or 'none'.")
+        "a checkpoint folder; or 'none'.", identifies=False)
     add("--logging_steps", dest="logging_steps", type=int, default=50,
         help="every N optimizer steps, append the loss terms to OUTPUT_DIR/train_log.jsonl and to TensorBoard "
-             "(OUTPUT_DIR/runs; tensorboard is installed by the setup command)")
+             "(OUTPUT_DIR/runs; tensorboard is installed by the setup command)", identifies=False, range=">=1")
     add("--fp16", dest="fp16", action="store_true",
-        help="float16 autocast + dynamic loss scaling (CUDA only; on CPU the run stops with an error, use --bf16).")
+        help="float16 autocast + dynamic loss scaling (CUDA only; on CPU the run stops with an error, use --bf16).",
+        identifies=True)
     add("--fp16_opt_level", dest="fp16_opt_level", default="O1", choices=["O0", "O1", "O2", "O3"],
         help="Accepted for compatibility with the apex-based originals. apex is not used: O1 and O2 both mean "
-        "torch.amp autocast with fp32 master weights (O2's fp16 weights are not reproduced); O0 means fp32.")
-    add("--bf16", dest="bf16", action="store_true", help="bfloat16 autocast (CPU and CUDA).")
-    add("--no_cuda", dest="no_cuda", action="store_true", help="Run on CPU even when CUDA is available.")
+        "torch.amp autocast with fp32 master weights (O2's fp16 weights are not reproduced); O0 means fp32.",
+        identifies=True)
+    add("--bf16", dest="bf16", action="store_true", help="bfloat16 autocast (CPU and CUDA).", identifies=True)
+    add("--no_cuda", dest="no_cuda", action="store_true", help="Run on CPU even when CUDA is available.",
+        identifies=False)
     add("--local_rank", "--local-rank", dest="local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
-        help="Set by torch.distributed.launch; torchrun passes LOCAL_RANK in the environment instead.")
-    add("--dataloader_num_workers", dest="dataloader_num_workers", type=int, default=0)
+        help="Set by torch.distributed.launch; torchrun passes LOCAL_RANK in the environment instead.",
+        identifies=False, range=">=-1")
+    add("--dataloader_num_workers", dest="dataloader_num_workers", type=int, default=0, identifies=False, range=">=0")
     add("--ddp_timeout", dest="ddp_timeout", type=int, default=1800,
-        help="Seconds a process waits for the others in a collective (checkpoint broadcast, barrier) before failing.")
+        help="Seconds a process waits for the others in a collective (checkpoint broadcast, barrier) before failing.",
+        identifies=False, range=">=1")
     add("--tf32", dest="tf32", action="store_true",
-        help="CUDA: let float32 matmuls and convolutions use TF32 tensor cores (Ampere or newer); no effect on CPU.")
+        help="CUDA: let float32 matmuls and convolutions use TF32 tensor cores (Ampere or newer); no effect on CPU.",
+        identifies=True)
     if defaults:
         parser.set_defaults(**defaults)
     return g

@@ -123,10 +123,11 @@ def add_student_init_args(parser) -> None:
     """--student_init random|teacher_layers and --init_layers, shared by every distillation script."""
     parser.add_argument("--student_init", choices=INIT_CHOICES, default="random",
                         help="teacher_layers: start the student from the teacher's embeddings and layers "
-                        "(--init_layers; default spread uniformly, top layer kept) instead of random weights.")
+                        "(--init_layers; default spread uniformly, top layer kept) instead of random weights.",
+                        identifies=True)
     parser.add_argument("--init_layers", default=None,
                         help="With --student_init teacher_layers: the teacher layers (1-based, comma-separated, one "
-                        "per student layer), e.g. 2,4,6.")
+                        "per student layer), e.g. 2,4,6.", identifies=True)
 
 
 def apply_student_init(args, student: nn.Module, teacher: nn.Module, teacher_name: str | None = None) -> list[int] | None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcore.cli import UserError
+from kdcore.cli import ArgumentParser, UserError
 from kdcore.files import iter_text_lines
 from kdcore.batching import encoder_inputs
 from kdcore.attention_capture import SelfAttentionCapture
@@ -102,28 +102,33 @@ class TextLines(torch.utils.data.Dataset):
 
 
 def build_parser():
-    import argparse
-
     from kdcore.runtime import add_runtime_args
     from kdcore.student_init import add_student_init_args
 
-    p = argparse.ArgumentParser(description="Embedding distillation of a sentence-embedding teacher (see "
+    p = ArgumentParser(description="Embedding distillation of a sentence-embedding teacher (see "
                                 "distill_embeddings.py).")
-    p.add_argument("--teacher_model", required=True, help="teacher folder (a sentence-transformers folder or a HF one)")
-    p.add_argument("--student_model", required=True, help="student config JSON (size fields) or model folder")
+    p.add_argument("--teacher_model", required=True, help="teacher folder (a sentence-transformers folder or a HF one)",
+                   identifies=True)
+    p.add_argument("--student_model", required=True, help="student config JSON (size fields) or model folder",
+                   identifies=True)
     add_student_init_args(p)
-    p.add_argument("--train_text", nargs="+", required=True, help="text file(s), one sentence a line")
-    p.add_argument("--max_seq_length", type=int, default=128)
-    p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N lines")
-    p.add_argument("--train_batch_size", type=int, default=64)
-    p.add_argument("--num_train_epochs", type=float, default=1.0)
+    p.add_argument("--train_text", nargs="+", required=True, help="text file(s), one sentence a line",
+                   identifies=True)
+    p.add_argument("--max_seq_length", type=int, default=128, identifies=True, range=">=1")
+    p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N lines",
+                   identifies=True, range=">=1")
+    p.add_argument("--train_batch_size", type=int, default=64, identifies=True, range=">=1")
+    p.add_argument("--num_train_epochs", type=float, default=1.0, identifies=True, range=">0")
     p.add_argument("--relation_weight", type=float, default=0.0,
-                   help="weight of MiniLMv2's Q-Q/K-K/V-V relation terms on the last layers (0: embedding loss alone)")
-    p.add_argument("--num_relation_heads", type=int, default=48)
-    p.add_argument("--sts_file", default=None, help="STS-B-layout file for the zero-shot Spearman before and after")
-    p.add_argument("--max_sts_examples", type=int, default=None)
+                   help="weight of MiniLMv2's Q-Q/K-K/V-V relation terms on the last layers (0: embedding loss alone)",
+                   identifies=True, range=">=0")
+    p.add_argument("--num_relation_heads", type=int, default=48, identifies=True, range=">=1")
+    p.add_argument("--sts_file", default=None, help="STS-B-layout file for the zero-shot Spearman before and after",
+                   identifies=False)
+    p.add_argument("--max_sts_examples", type=int, default=None, identifies=False, range=">=1")
     p.add_argument("--eval_steps", type=int, default=0,
-                   help="also log the STS Spearman every N steps (a learning curve; the last model is kept)")
+                   help="also log the STS Spearman every N steps (a learning curve; the last model is kept)",
+                   identifies=False, range=">=0")
     add_runtime_args(p, defaults={"learning_rate": 1e-4, "weight_decay": 0.01, "num_warmup_steps": None,
                                   "warmup_proportion": 0.1, "logging_steps": 10})
     return p

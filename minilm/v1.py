@@ -46,8 +46,10 @@ METHOD = DistillMethod(
     summary="MiniLM v1: last-layer attention distributions + value relations (equal head counts)",
     options=(
         TEACHER_LAYER,
-        option("--attention_weight", type=float, default=1.0, help="Weight of the attention term."),
-        option("--value_relation_weight", type=float, default=1.0, help="Weight of the value-relation term."),
+        option("--attention_weight", type=float, default=1.0, help="Weight of the attention term.",
+               identifies=True, range=">=0"),
+        option("--value_relation_weight", type=float, default=1.0, help="Weight of the value-relation term.",
+               identifies=True, range=">=0"),
     ),
     build=lambda args, teacher, student: MiniLMv1Objective(
         teacher, student, teacher_layer=args.teacher_layer,

@@ -49,10 +49,14 @@ METHOD = DistillMethod(
     options=(
         TEACHER_LAYER,
         option("--num_relation_heads", type=int, default=48,
-               help="Relation heads; must divide both hidden sizes (48 for base teachers, 64 for large)."),
-        option("--qq_weight", type=float, default=1.0, help="Weight of the Q-Q relation term."),
-        option("--kk_weight", type=float, default=1.0, help="Weight of the K-K relation term."),
-        option("--vv_weight", type=float, default=1.0, help="Weight of the V-V relation term."),
+               help="Relation heads; must divide both hidden sizes (48 for base teachers, 64 for large).",
+               identifies=True, range=">=1"),
+        option("--qq_weight", type=float, default=1.0, help="Weight of the Q-Q relation term.",
+               identifies=True, range=">=0"),
+        option("--kk_weight", type=float, default=1.0, help="Weight of the K-K relation term.",
+               identifies=True, range=">=0"),
+        option("--vv_weight", type=float, default=1.0, help="Weight of the V-V relation term.",
+               identifies=True, range=">=0"),
     ),
     build=lambda args, teacher, student: MiniLMv2Objective(
         teacher, student, teacher_layer=args.teacher_layer, num_relation_heads=args.num_relation_heads,

@@ -41,7 +41,7 @@ LOSS_REDUCTION = option(
     "--loss_reduction", choices=list(LOSS_REDUCTIONS), default="real_tokens",
     help="TinyBERT losses: means over real tokens only (default, unchanged by padding), or 'original': TinyBERT's "
     "code, means over every padded position (the loss shrinks as padding grows) and, in task distillation stage 2, "
-    "a soft cross-entropy averaged over classes too")
+    "a soft cross-entropy averaged over classes too", identifies=True)
 
 
 class TinyBertIntermediateObjective(DistillObjective):
@@ -101,7 +101,7 @@ def build_fit_dense(student_config, teacher_config) -> nn.Linear:
 LAYER_MAP = option(
     "--layer_map", default=None,
     help="Teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform with the top layer kept "
-    "(the nearest uniform map when the depths do not divide).")
+    "(the nearest uniform map when the depths do not divide).", identifies=True)
 
 
 def build_objective(args, teacher, student) -> TinyBertIntermediateObjective:
