@@ -18,7 +18,7 @@ import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.runtime import add_runtime_args
-from kdcore.student_init import add_student_init_args
+from kdcore.student_init import add_student_init_args, layer_numbers
 from tinybert.intermediate import LOSS_REDUCTION
 
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stsb_target", choices=["teacher", "gold"], default="teacher",
                    help="STS-B prediction-layer distillation regresses on the teacher's score (default) or, as "
                         "TinyBERT's code, on the gold score", identifies=True)
-    p.add_argument("--layer_map", default=None,
+    p.add_argument("--layer_map", default=None, type=layer_numbers,
                    help="stage 1: teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform, top "
                    "layer kept (nearest uniform map when the depths do not divide)", identifies=True)
     add_student_init_args(p)

@@ -68,12 +68,53 @@ def run_main(main: Callable[[], object]) -> None:
         main()
     except UserError as err:
         _close_progress_bars()
+        remove_new_output_dirs_without_value()
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         _close_progress_bars()
+        remove_new_output_dirs_without_value()
         print(f"{prog}: {interrupt_message()}", file=sys.stderr)
         sys.exit(130)
+    except BaseException:
+        remove_new_output_dirs_without_value()
+        raise
+
+
+# The topmost folder each output option will create (noted while parsing, when it does not exist yet). A run that
+# fails removes them again unless something of value was written there (a checkpoint, a model, results): an
+# error never leaves an empty or half-made output folder behind, and never deletes a folder the user had.
+_NEW_OUTPUT_DIRS: list[str] = []
+_INCIDENTAL_FILES = ("train_log.jsonl",)  # written from the first step on; of no value without a checkpoint
+
+
+def note_new_output_dirs(args: argparse.Namespace) -> None:
+    paths = [getattr(args, d, None) for d in OUTPUT_DIR_ARGS]
+    paths += [os.path.dirname(os.path.abspath(f)) for f in (getattr(args, d, None) for d in OUTPUT_FILE_ARGS) if f]
+    for path in filter(None, paths):
+        top, path = None, os.path.abspath(path)
+        while not os.path.exists(path):
+            top, path = path, os.path.dirname(path)
+        if top and top not in _NEW_OUTPUT_DIRS:
+            _NEW_OUTPUT_DIRS.append(top)
+
+
+def _holds_value(folder: str) -> bool:
+    for _, _, files in os.walk(folder):
+        for name in files:
+            incidental = (name.startswith(".") or name.endswith(".tmp") or name in _INCIDENTAL_FILES
+                          or name.startswith("events.out.tfevents"))
+            if not incidental:
+                return True
+    return False
+
+
+def remove_new_output_dirs_without_value() -> None:
+    import shutil
+
+    for folder in _NEW_OUTPUT_DIRS:
+        if os.path.isdir(folder) and not _holds_value(folder):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _close_progress_bars() -> None:
@@ -322,6 +363,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     args.identity_keys = identifying_options(parser)
     args = parser.parse_args(argv, namespace=args)
     check_outputs(args)
+    note_new_output_dirs(args)
     from kdcore.model_card import script_of_caller, start_run
 
     # The run record behind the model cards of every folder this run saves (kdcore.model_card).
@@ -331,7 +373,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
 
 # Arguments that name what a run writes, checked for writability while parsing: a run never computes for an hour
 # and then fails to save.
-OUTPUT_DIR_ARGS = ("output_dir",)
+OUTPUT_DIR_ARGS = ("output_dir", "cache_dir")
 OUTPUT_FILE_ARGS = ("output_file", "output_json")
 
 

@@ -51,9 +51,10 @@ def features_fingerprint(items: list[dict]) -> str:
 
 
 def cached_teacher_logits(cache_dir: str, key_parts: dict[str, str | int], num_examples: int,
-                          compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+                          compute: Callable[[], torch.Tensor], num_outputs: int | None = None) -> torch.Tensor:
     """The (N, C) teacher logits for the key `key_parts`: read from `cache_dir` when present, else `compute()`d and
-    written atomically. A file whose metadata or size does not match its key is an error, never silently used."""
+    written atomically. A file whose metadata, shape (N examples x `num_outputs`) or values (every logit finite)
+    do not match is an error, never silently used."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -67,8 +68,14 @@ def cached_teacher_logits(cache_dir: str, key_parts: dict[str, str | int], num_e
                 logits = f.get_tensor("logits")
         except Exception as err:
             raise UserError(f"{path}: unreadable teacher-logit cache ({err}); delete it to recompute")
-        if stored != meta or logits.size(0) != num_examples:
+        if stored != meta:
             raise UserError(f"{path}: cache does not match its key (data/teacher/max length differ); delete it")
+        want = (num_examples, num_outputs if num_outputs is not None else logits.size(-1))
+        if logits.dim() != 2 or tuple(logits.shape) != want:
+            raise UserError(f"{path}: teacher logits of shape {tuple(logits.shape)}, expected {want}; delete it")
+        if not torch.isfinite(logits).all():
+            raise UserError(f"{path}: {int((~torch.isfinite(logits)).sum())} teacher logits are not finite; delete "
+                            "it to recompute")
         logger.info("teacher logits for %d examples read from %s", num_examples, path)
         return logits
     logits = compute().float().contiguous()

@@ -103,6 +103,9 @@ def hf_from_pretrained(loader, path: str, argname: str, **kwargs):
     """
     from safetensors import SafetensorError
 
+    weights = _weights_file_in(path) if os.path.isdir(path) else None
+    if weights and weights.endswith(".bin"):  # read and checked safely here first: a bad pickle is one clear line
+        _load_state_dict(weights, argname)
     try:
         return loader.from_pretrained(path, trust_remote_code=False, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
@@ -128,6 +131,12 @@ def check_config(config, argname: str) -> None:
         value = get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
             raise UserError(f"{argname}: {key} must be a number in [0, 1), got {value!r}")
+    act = get("hidden_act")
+    if isinstance(act, str):
+        from transformers.activations import ACT2FN
+
+        if act not in ACT2FN:
+            raise UserError(f"{argname}: unknown hidden_act {act!r} (known: {', '.join(sorted(ACT2FN)[:12])}, ...)")
     hidden, heads = get("hidden_size"), get("num_attention_heads")
     if hidden is not None and heads is not None and (heads <= 0 or hidden % heads != 0):
         raise UserError(
@@ -180,9 +189,14 @@ def _load_state_dict(path: str, argname: str) -> dict:
             raise UserError(f"{argname} {path}: cannot read weights ({_one_line(err)})")
     try:
         # Never unpickle a user's file: weights_only refuses anything but tensors and plain containers.
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise UserError(f"{argname} {path}: cannot read weights ({err})")
+        reason = "it holds Python objects, not only tensors" if "Weights only load failed" in str(err) else err
+        raise UserError(f"{argname} {path}: cannot read weights ({_one_line(reason)}); a safetensors file is safest")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise UserError(f"{argname} {path}: not a state dict (a mapping of names to tensors)")
+    return state
 
 
 def _weights_file_in(folder: str) -> str | None:

@@ -247,7 +247,9 @@ class ShardedEpoch(Dataset):
             raise UserError(f"{metrics_file}: max_seq_len {self.max_seq_len} exceeds the teacher's {max_positions} positions")
         check_vocabulary(manifest, metrics_file, tokenizer)
         self.rows = ShardedRows(os.path.dirname(os.path.abspath(metrics_file)), manifest.get("shards") or [],
-                                EPOCH_RAGGED, EPOCH_SCALARS, where=metrics_file)
+                                EPOCH_RAGGED, EPOCH_SCALARS, where=metrics_file,
+                                limits={"input_ids": len(tokenizer), "masked_lm_labels": len(tokenizer),
+                                        "masked_lm_positions": self.max_seq_len})
         if len(self.rows) != self.num_examples:
             raise UserError(f"{metrics_file}: its shards hold {len(self.rows)} examples, not num_training_examples "
                             f"{self.num_examples}")
@@ -289,7 +291,8 @@ class PackedBlocks(Dataset):
         if max_positions is not None and self.max_seq_len > max_positions:
             raise UserError(f"{path}: max_seq_len {self.max_seq_len} exceeds the teacher's {max_positions} positions")
         check_vocabulary(manifest, path, tokenizer)
-        self.rows = ShardedRows(folder, manifest.get("shards") or [], ("input_ids",), where=path)
+        self.rows = ShardedRows(folder, manifest.get("shards") or [], ("input_ids",), where=path,
+                                limits={"input_ids": len(tokenizer)})
         if len(self.rows) != self.num_blocks:
             raise UserError(f"{path}: its shards hold {len(self.rows)} blocks, not num_blocks {self.num_blocks}")
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cli import UserError
+from .cli import UserError, read_json_file
 from .files import iter_text_lines
 
 logger = logging.getLogger("kd")
@@ -43,11 +43,7 @@ def is_sentence_transformers_folder(path: str | None) -> bool:
 
 def _modules(path: str) -> list[dict]:
     file = os.path.join(path, "modules.json")
-    try:
-        with open(file, encoding="utf-8") as f:
-            modules = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{file}: not a readable modules.json ({err})")
+    modules = read_json_file(file, "sentence-transformers folder", "modules.json")
     if not isinstance(modules, list) or not all(isinstance(m, dict) and "type" in m for m in modules):
         raise UserError(f"{file}: expected a list of modules with a 'type' each")
     return modules
@@ -64,11 +60,9 @@ def read_pooling(path: str) -> tuple[str, bool]:
             normalize = True
         elif kind == "Pooling":
             cfg_file = os.path.join(path, module.get("path", ""), "config.json")
-            try:
-                with open(cfg_file, encoding="utf-8") as f:
-                    cfg = json.load(f)
-            except (OSError, json.JSONDecodeError) as err:
-                raise UserError(f"{cfg_file}: not a readable pooling config ({err})")
+            cfg = read_json_file(cfg_file, "sentence-transformers folder", "pooling config")
+            if not isinstance(cfg, dict):
+                raise UserError(f"{cfg_file}: a pooling config must be a JSON object")
             chosen = [m for m in POOLING_MODES if cfg.get(f"pooling_mode_{m}_token" if m == "cls" else
                                                           f"pooling_mode_{m}_tokens")]
             if len(chosen) != 1:
@@ -239,9 +233,9 @@ def folder_sts_spearman(model_dir: str, sts_pairs: tuple, batch_size: int = 64,
 
     if not os.path.isdir(model_dir):
         raise UserError(f"--model_dir: no such folder: {model_dir}")
-    model = load_model(model_dir, argname="--model_dir").eval()
+    mode, normalize = read_pooling(model_dir)  # the small files first: a bad one fails before the weights load
     tokenizer = load_tokenizer(model_dir, "--model_dir")
-    mode, normalize = read_pooling(model_dir)
+    model = load_model(model_dir, argname="--model_dir").eval()
     result = sts_zero_shot_spearman(model, tokenizer, sts_pairs, mode, normalize, batch_size, max_examples)
     return {**result, "pooling": mode, "normalize": normalize}
 

@@ -114,12 +114,16 @@ class ShardedRows:
 
     `shards`: [{"prefix": name relative to `folder`, "rows": n}, ...] as the manifest lists them. row(i) returns
     {field: numpy array (ragged) or int (scalar)}. Picklable for DataLoader workers: maps are reopened there.
+    `limits` {field: n}: every value of that field must be below n (token ids below the vocabulary size), checked
+    once per shard when it is first opened, so a damaged file is one clear error, not an IndexError at step 7.
     """
 
     MAX_OPEN_SHARDS = 64
 
-    def __init__(self, folder: str, shards: list[dict], ragged, scalars=(), where: str = ""):
+    def __init__(self, folder: str, shards: list[dict], ragged, scalars=(), where: str = "",
+                 limits: dict[str, int] | None = None):
         self.folder = folder
+        self.limits, self._checked = dict(limits or {}), set()
         self.shards = list(shards)
         self.ragged, self.scalars = tuple(ragged), tuple(scalars)
         self.where = where or folder
@@ -160,10 +164,20 @@ class ShardedRows:
             if bad:
                 raise UserError(f"{self.where}: shard {prefix} does not hold the {rows} rows its manifest says "
                                 f"(field {bad[0]}); pregenerate the data again")
+            if k not in self._checked:
+                self._check_limits(prefix, maps)
+                self._checked.add(k)
             if len(self._open) >= self.MAX_OPEN_SHARDS:  # each map holds a file descriptor: close the oldest
                 self._open.pop(next(iter(self._open)))
             self._open[k] = maps
         return maps
+
+    def _check_limits(self, prefix: str, maps: dict) -> None:
+        for field, limit in self.limits.items():
+            values = maps[field]
+            if len(values) and int(values.max()) >= limit:
+                raise UserError(f"{self.where}: shard {prefix} holds {field} value {int(values.max())}, outside "
+                                f"0..{limit - 1}; the file is damaged: pregenerate the data again")
 
     def locate(self, index: int) -> tuple[int, int]:
         """(shard, row within the shard) of global row `index`."""

@@ -42,6 +42,17 @@ def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[
     return [math.floor(i * num_teacher_layers / num_student_layers + 0.5) for i in range(1, num_student_layers + 1)]
 
 
+def layer_numbers(text: str) -> str:
+    """argparse type of --init_layers / --layer_map: comma-separated positive layer numbers, checked while parsing
+    (whether each exists is checked against the teacher later). The text itself is kept."""
+    import argparse
+
+    parts = str(text).replace(" ", "").split(",")
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers from 1, e.g. 2,4,6; got {text!r}")
+    return text
+
+
 def parse_layer_list(text: str | None, num_student_layers: int, num_teacher_layers: int, argname: str) -> list[int]:
     """"2,4,6" -> [2, 4, 6]: one teacher layer (1-based) per student layer, each in 1..N_t. None -> the uniform map."""
     if text is None or str(text).strip() == "":
@@ -125,7 +136,7 @@ def add_student_init_args(parser) -> None:
                         help="teacher_layers: start the student from the teacher's embeddings and layers "
                         "(--init_layers; default spread uniformly, top layer kept) instead of random weights.",
                         identifies=True)
-    parser.add_argument("--init_layers", default=None,
+    parser.add_argument("--init_layers", default=None, type=layer_numbers,
                         help="With --student_init teacher_layers: the teacher layers (1-based, comma-separated, one "
                         "per student layer), e.g. 2,4,6.", identifies=True)
 

@@ -153,9 +153,9 @@ def run_embedding_distill(args) -> dict:
     # The text files and the STS file are read before anything heavy is loaded: a bad file fails at once.
     data = TextLines(args.train_text, tokenizer, args.max_seq_length, args.max_train_examples)
     sts_pairs = read_sts(args.sts_file) if args.sts_file else None
+    mode, normalize = read_pooling(args.teacher_model)
     rt = Runtime(args)
     teacher = load_teacher(args.teacher_model)
-    mode, normalize = read_pooling(args.teacher_model)
     path = args.student_model
     if os.path.isdir(path) and args.student_init == "teacher_layers":
         path = os.path.join(path, "config.json")  # the teacher's layers replace whatever the folder holds

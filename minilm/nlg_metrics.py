@@ -363,7 +363,9 @@ def run(args) -> dict:
 
     task = args.task if args.task in ("qg", "cnndm") else "summarization"  # xsum: XSum's rules
     require_file(args.pred, "--pred")
-    out = check_writable_file(args.output_json or args.pred + ".scores.json", "--output_json")  # before the work
+    # checked before the work; an output the user did not name is named by where it comes from
+    out = check_writable_file(args.output_json or args.pred + ".scores.json",
+                              "--output_json" if args.output_json else "the scores file beside --pred")
     scores = score_files(args.pred, args.gold, task, src_file=args.src_file, nltk_data=args.nltk_data)
     atomic_write_json(scores, out)
     print(json.dumps(scores, indent=2))

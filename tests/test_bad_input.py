@@ -47,10 +47,13 @@ def _head(path, n):
 
 
 def _model_copy(src, dst, config_update=None, weights=None):
-    """A copy of a model folder (config and tokenizer files); weights linked, or replaced by `weights` bytes."""
+    """A copy of a model folder (config, tokenizer and sentence-transformers module files); weights linked, or
+    replaced by `weights` bytes."""
     os.makedirs(dst)
     for name in os.listdir(src):
-        if os.path.isfile(os.path.join(src, name)) and name != "model.safetensors":
+        if os.path.isdir(os.path.join(src, name)):
+            shutil.copytree(os.path.join(src, name), os.path.join(dst, name))
+        elif name != "model.safetensors":
             shutil.copy(os.path.join(src, name), dst)
     if weights is None:
         os.symlink(os.path.join(src, "model.safetensors"), os.path.join(dst, "model.safetensors"))
@@ -75,9 +78,24 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
     p["remote_code"] = _model_copy(packaged_teacher, f"{t}/remote_code", {
         "model_type": "evil_bert", "auto_map": {"AutoConfig": "evil.Config", "AutoModel": "evil.Model"}})
     _write(f"{t}/remote_code/evil.py", "raise SystemExit('the folder code ran')\n")
+    p["st_latin1"] = _model_copy(packaged_teacher, f"{t}/st_latin1")
+    _write(f"{t}/st_latin1/modules.json", '[{"type": "caf\u00e9"}]'.encode("latin-1"))
     p["truncated"] = _model_copy(packaged_teacher, f"{t}/truncated", weights=head_bytes)
     p["empty_weights"] = _model_copy(packaged_teacher, f"{t}/empty_weights", weights=b"")
     p["blocker"] = _write(f"{t}/a_file", "")
+    # teachers whose only weights are a pickle: one of plain containers (not a state dict), one that would run code
+    import torch
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("the pickle ran",))
+
+    p["pickled_list"] = _model_copy(packaged_teacher, f"{t}/pickled_list", weights=b"")
+    os.remove(f"{t}/pickled_list/model.safetensors")
+    torch.save({"weights": [1, 2, 3]}, f"{t}/pickled_list/pytorch_model.bin")
+    p["pickled_code"] = _model_copy(packaged_teacher, f"{t}/pickled_code", weights=b"")
+    os.remove(f"{t}/pickled_code/model.safetensors")
+    torch.save({"weight": RunsCode()}, f"{t}/pickled_code/pytorch_model.bin")
     # configs (--config files and student configs)
     for name, text in {
         "bf16_word.yaml": "bf16: maybe\n", "bf16_list.yaml": "bf16: [true]\n", "batch_list.yaml": "train_batch_size: [8, 16]\n",
@@ -88,6 +106,9 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
         "student_list.json": "[384, 3]", "student_empty.json": "{}", "student_str.json": '{"hidden_size": "384"}',
         "student_heads.json": '{"hidden_size": 100, "num_hidden_layers": 2, "num_attention_heads": 12}',
         "latin1.yaml": "seed: 1 # caf\u00e9\n".encode("latin-1"),
+        "student_act.json": '{"hidden_size": 384, "num_hidden_layers": 3, "num_attention_heads": 12, "hidden_act": "swishy"}',
+        "student_narrow.json": '{"hidden_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4}',
+        "student_2layers.json": '{"hidden_size": 384, "num_hidden_layers": 2, "num_attention_heads": 12}',
     }.items():
         p[name.replace(".", "_")] = _write(f"{t}/cfg/{name}", text)
     # pregenerated data
@@ -97,6 +118,16 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
     pregenerate_packed(argparse.Namespace(max_seq_len=32, train_corpus=corpus_slice, output_dir=f"{t}/packed",
                                           corpus_format="auto", max_documents=None), bert_tokenizer)
     p["packed"] = f"{t}/packed"
+    # a packed shard whose token ids were damaged on disk (one id past the vocabulary)
+    import numpy as np
+
+    shutil.copytree(p["packed"], f"{t}/packed_bad_ids")
+    (ids_file,) = [os.path.join(r, n) for r, _, ns in os.walk(f"{t}/packed_bad_ids") for n in ns
+                   if n.endswith(".input_ids.npy")]
+    ids = np.load(ids_file)
+    ids[len(ids) // 2] = 65000
+    np.save(ids_file, ids, allow_pickle=False)
+    p["packed_bad_ids"] = f"{t}/packed_bad_ids"
     p["pregen"] = write_pregenerated(f"{t}/pregen", bert_tokenizer, real_paragraphs(shared_data, 6), epochs=1, max_seq_len=32)
     with open(f"{t}/pregen/epoch_0.json", "rb") as f:
         lines = f.read().splitlines(keepends=True)
@@ -143,6 +174,8 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
     p["xsum_notgt"] = _write(f"{t}/s2s/notgt.json", xsum + '{"src": "no target here"}\n')
     p["s2s_model"] = _model_copy(packaged_teacher, f"{t}/s2s_model", {"max_position_embeddings": 128}, weights=head_bytes)
     p["pred"] = _write(f"{t}/s2s/pred.txt", "a summary\n" * 4)
+    p["pred_blocked"] = _write(f"{t}/s2s_blocked/pred.txt", "a summary\n" * 4)
+    os.makedirs(f"{t}/s2s_blocked/pred.txt.scores.json")  # where the default scores file would go
     p["pred_short"] = _write(f"{t}/s2s/pred_short.txt", "a summary\n" * 3)
     p["pred_latin1"] = _write(f"{t}/s2s/pred_latin1.txt", "a summary\nun caf\u00e9\n".encode("latin-1") + b"x\ny\n")
     p["pred_binary"] = _write(f"{t}/s2s/pred_binary.bin", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\n")
@@ -150,6 +183,7 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
     p["corpus_latin1"] = _write(f"{t}/corpus_latin1.txt", "A sentence.\n\nUn caf\u00e9 noir.\n".encode("latin-1"))
     p["corpus_binary"] = _write(f"{t}/corpus.bin", b"PK\x03\x04\x14\x00\x00\x00\x08\x00" * 20)
     p["corpus"] = _write(f"{t}/corpus.txt", "The cat sat.\nIt purred.\n\nDogs bark.\nThey run.\n")
+    p["corpus_blank"] = _write(f"{t}/corpus_blank.txt", "\n   \n\n")
     # STS-B
     sts = _head(os.path.join(shared_data, "glue", "STS-B", "dev.tsv"), 9)
     sts_header, sts_row = sts.splitlines()[0], sts.splitlines()[1]
@@ -164,7 +198,7 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
 
 # ----------------------------------------------------------------------------------------------------------------
 # The table: (id, script, arguments, needle that the one error line must contain). {name} is an input above,
-# {out} a fresh output path of the row (which must not exist afterwards, or be empty).
+# {out} a fresh output path of the row (which must not exist afterwards: an error leaves no folder behind).
 # ----------------------------------------------------------------------------------------------------------------
 BASE = {
     "general_distill.py": "--pregenerated_data {pregen} --teacher_model {teacher} --student_model {student_cfg} "
@@ -356,10 +390,62 @@ ROWS = [
     ("mlm-batch-zero", "fit_mlm_head.py", "--train_batch_size 0", "argument --train_batch_size"),
     ("mlm-teacher-missing", "fit_mlm_head.py", "--teacher_model {tmp}/no_teacher", "--teacher_model"),
     ("mlm-lr-nan", "fit_mlm_head.py", "--learning_rate nan", "finite"),
+    ("mlm-shard-bad-ids", "fit_mlm_head.py", "--pregenerated_data {packed_bad_ids}", "input_ids value 65000, outside 0..30521"),
+    ("mlm-teacher-pickled", "fit_mlm_head.py", "--teacher_model {pickled_code}", "holds Python objects"),
+    # options of the newer features, across the scripts that take them
+    ("gd-student-init-choice", "general_distill.py", "--student_init copy", "argument --student_init"),
+    ("gd-init-layers-past-teacher", "general_distill.py", "--student_init teacher_layers --init_layers 1,2,9", "--init_layers"),
+    ("gd-init-layers-count", "general_distill.py", "--student_init teacher_layers --init_layers 1,2", "--init_layers"),
+    ("gd-init-layers-word", "general_distill.py", "--student_init teacher_layers --init_layers a,b,c", "argument --init_layers"),
+    ("gd-init-layers-zero", "general_distill.py", "--student_init teacher_layers --init_layers 0,1,2", "argument --init_layers"),
+    ("gd-layer-map-past-teacher", "general_distill.py", "--distill_method tinybert --layer_map 1,2,9", "--layer_map"),
+    ("gd-layer-map-count", "general_distill.py", "--distill_method tinybert --layer_map 1,2", "--layer_map"),
+    ("gd-layer-map-word", "general_distill.py", "--distill_method tinybert --layer_map one,two,three", "argument --layer_map"),
+    ("gd-packed-bad-ids", "general_distill.py", "--pregenerated_data {packed_bad_ids}", "input_ids value 65000, outside 0..30521"),
+    ("gd-teacher-pickled-list", "general_distill.py", "--teacher_model {pickled_list}", "not a state dict"),
+    ("gd-teacher-pickled-code", "general_distill.py", "--teacher_model {pickled_code}", "holds Python objects"),
+    ("gd-student-hidden-act", "general_distill.py", "--student_model {student_act_json}", "unknown hidden_act 'swishy'"),
+    ("gd-loss-reduction-choice", "general_distill.py", "--distill_method tinybert --loss_reduction median", "argument --loss_reduction"),
+    ("td-student-init-choice", "task_distill.py", "--student_init copy", "argument --student_init"),
+    ("td-init-layers-past-teacher", "task_distill.py", "--student_init teacher_layers --init_layers 2,4,7", "--init_layers"),
+    ("td-layer-map-past-teacher", "task_distill.py", "--layer_map 2,4,9", "--layer_map"),
+    ("td-layer-map-count", "task_distill.py", "--layer_map 2,4", "--layer_map"),
+    ("td-stsb-target-choice", "task_distill.py", "--stsb_target mean", "argument --stsb_target"),
+    ("td-cache-dir-file", "task_distill.py", "--cache_dir {blocker}", "--cache_dir {blocker}: cannot write there"),
+    ("td-cache-dir-under-file", "task_distill.py", "--cache_dir {blocker}/cache", "cannot write there"),
+    ("td-teacher-pickled", "task_distill.py", "--teacher_model {pickled_code}", "holds Python objects"),
+    ("td-student-hidden-act", "task_distill.py", "--student_model {student_act_json}", "unknown hidden_act 'swishy'"),
+    ("de-student-init-choice", "distill_embeddings.py", "--student_init copy", "argument --student_init"),
+    ("de-init-layers-past-teacher", "distill_embeddings.py", "--student_init teacher_layers --init_layers 1,2,9", "--init_layers"),
+    ("de-init-layers-count", "distill_embeddings.py", "--student_init teacher_layers --init_layers 1,2", "--init_layers"),
+    ("de-student-narrow", "distill_embeddings.py", "--student_model {student_narrow_json}", "needs the teacher's hidden size 384"),
+    ("de-relation-heads", "distill_embeddings.py", "--relation_weight 1 --num_relation_heads 7", "--num_relation_heads 7 must divide"),
+    ("de-text-blank", "distill_embeddings.py", "--train_text {corpus_blank}", "no non-empty lines"),
+    ("de-seq-len-zero", "distill_embeddings.py", "--max_seq_length 0", "argument --max_seq_length"),
+    ("de-output-under-file", "distill_embeddings.py", "--output_dir {blocker}/emb", "cannot write there"),
+    ("de-teacher-pickled", "distill_embeddings.py", "--teacher_model {pickled_list}", "not a state dict"),
+    ("de-student-hidden-act", "distill_embeddings.py", "--student_model {student_act_json}", "unknown hidden_act 'swishy'"),
+    ("de-sts-latin1", "distill_embeddings.py", "--sts_file {sts_latin1}", "sts_latin1.tsv:10: not UTF-8 text"),
+    ("sts-output-under-file", "eval_sts.py", "--output_file {blocker}/sts.json", "cannot write there"),
+    ("sts-model-pickled", "eval_sts.py", "--model_dir {pickled_code}", "holds Python objects"),
+    ("sts-modules-latin1", "eval_sts.py", "--model_dir {st_latin1}", "modules.json: not a modules.json"),
+    ("de-teacher-modules-latin1", "distill_embeddings.py", "--teacher_model {st_latin1}", "modules.json: not a modules.json"),
+    ("sts-examples-nan", "eval_sts.py", "--max_examples nan", "argument --max_examples"),
+    ("pg-packed-seq-len-two", "pregenerate_training_data.py", "--packed_sequences --max_seq_len 2", "--max_seq_len"),
+    ("pg-packed-latin1", "pregenerate_training_data.py", "--packed_sequences --train_corpus {corpus_latin1}", "corpus_latin1.txt:3: not UTF-8 text"),
+    ("pg-packed-json", "pregenerate_training_data.py", "--packed_sequences --output_format json", "--packed_sequences"),
+    ("e2s-default-output-blocked", "eval_seq2seq.py", "--pred {pred_blocked} --output_json=",
+     "the scores file beside --pred {pred_blocked}.scores.json: is a folder"),
 ]
 # Defects found only after earlier work (see the module docstring).
 LATE = {"gd-pregen-latin1", "gd-pregen-torn-line", "gd-teacher-truncated", "gd-teacher-empty-weights", "gd-teacher-remote-code", "gd-student-heads",
         "de-teacher-remote-code",
+        # found once the teacher's config (its depth, width) or the data's shards are open
+        "gd-init-layers-past-teacher", "gd-init-layers-count", "gd-layer-map-past-teacher",
+        "gd-layer-map-count", "gd-packed-bad-ids", "gd-teacher-pickled-list", "gd-teacher-pickled-code",
+        "td-init-layers-past-teacher", "td-layer-map-past-teacher", "td-layer-map-count", "td-teacher-pickled",
+        "td-student-hidden-act", "de-init-layers-past-teacher", "de-init-layers-count", "de-relation-heads",
+        "de-student-hidden-act", "de-student-narrow", "de-teacher-pickled", "mlm-shard-bad-ids", "mlm-teacher-pickled",
         "dec-weights-truncated", "aug-no-mlm-head", "s2s-train-latin1", "s2s-train-no-target"}
 # The first row of every script also runs in a fresh interpreter.
 FRESH = {next(r[0] for r in ROWS if r[1] == script) for script in BASE}
@@ -395,6 +481,7 @@ def _check(row_id, script, code, stdout, stderr, needle, out, late=False):
     assert needle in errors[0], f"{row_id}: {needle!r} not in {errors[0]!r}"
     written = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files] if os.path.exists(out) else []
     assert not written, f"{row_id}: partial output {written}"
+    assert not os.path.exists(out), f"{row_id}: left an empty output folder {out} behind"
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])

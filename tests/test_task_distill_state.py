@@ -95,8 +95,20 @@ def test_cached_logits_equal_fresh_ones_and_are_keyed(tmp_path, shared_data, ber
     assert len(os.listdir(cache)) == 2
     cached_teacher_logits(str(tmp_path / "c2"), key, 3, lambda: torch.zeros(3, 2))
     assert torch.equal(cached_teacher_logits(str(tmp_path / "c2"), key, 3, boom), torch.zeros(3, 2))
-    with pytest.raises(UserError, match="does not match its key"):
+    with pytest.raises(UserError, match=r"shape \(3, 2\), expected \(4, 2\)"):
         cached_teacher_logits(str(tmp_path / "c2"), key, 4, boom)
+    with pytest.raises(UserError, match=r"expected \(3, 5\)"):  # a teacher with other labels
+        cached_teacher_logits(str(tmp_path / "c2"), key, 3, boom, num_outputs=5)
+    # An intact header (the key's metadata) over values that are not finite: refused, never trained on.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    (path,) = [os.path.join(tmp_path, "c2", n) for n in os.listdir(tmp_path / "c2")]
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata()
+    save_file({"logits": torch.tensor([[0.0, float("nan")], [1.0, 2.0], [float("inf"), 0.0]])}, path, metadata=meta)
+    with pytest.raises(UserError, match="2 teacher logits are not finite"):
+        cached_teacher_logits(str(tmp_path / "c2"), key, 3, boom, num_outputs=2)
 
 
 def test_stage2_loss_with_cached_logits_equals_the_teacher_forward(shared_data, bert_tokenizer):

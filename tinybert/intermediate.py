@@ -26,6 +26,7 @@ from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
 from kdcore.distill import DistillMethod, option
 from kdcore.families import require_qk_attention
+from kdcore.student_init import layer_numbers
 from kdcore.modeling import encoder_layers
 from kdcore.objective import DistillObjective
 
@@ -99,7 +100,7 @@ def build_fit_dense(student_config, teacher_config) -> nn.Linear:
 
 
 LAYER_MAP = option(
-    "--layer_map", default=None,
+    "--layer_map", default=None, type=layer_numbers,
     help="Teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform with the top layer kept "
     "(the nearest uniform map when the depths do not divide).", identifies=True)
 

@@ -736,6 +736,8 @@ def run(args) -> list[int] | int:
         raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no [CLS]/[SEP]/[MASK] tokens")
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise UserError(f"--bert_model {args.bert_model}: the tokenizer has no vocabulary ({len(tokenizer)} tokens)")
+    if getattr(args, "packed_sequences", False) and getattr(args, "output_format", "shards") != "shards":
+        raise UserError(f"--output_format {args.output_format}: --packed_sequences are written as binary shards only")
     ensure_writable_dir(args.output_dir)
     if getattr(args, "packed_sequences", False):
         blocks = pregenerate_packed(args, tokenizer)

@@ -26,9 +26,9 @@ from torch import nn
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.finetune import ListDataset, predict_batches
-from kdcore.modeling import build_student, check_length_fits, load_teacher
+from kdcore.modeling import build_student, check_length_fits, load_teacher, read_model_config, read_student_config
 from kdcore.objective import DistillObjective
-from kdcore.student_init import apply_student_init
+from kdcore.student_init import apply_student_init, parse_layer_list
 from tinybert.classification import (
     evaluate_all, eval_sets, glue_collate, has_tokenizer, is_classifier_config, label_config, load_classifier,
     predict_logits, predict_test_sets, read_folder_config, write_results,
@@ -97,7 +97,7 @@ def teacher_logits_for(teacher: nn.Module, teacher_path: str, items: list[dict],
     def compute():
         return torch.from_numpy(predict_logits(teacher, items, collate, batch_size, device))
 
-    return cached_teacher_logits(cache_dir, key, len(items), compute)
+    return cached_teacher_logits(cache_dir, key, len(items), compute, num_outputs=teacher.config.num_labels)
 
 
 def mean_distill_losses(objective: DistillObjective, items: list[dict], collate, batch_size: int, device) -> dict:
@@ -141,6 +141,21 @@ def resolve_stage_defaults(args) -> None:
         run.args.update(lr_schedule=args.lr_schedule, warmup_proportion=args.warmup_proportion)
 
 
+def check_student_against_teacher_config(args) -> None:
+    """The student config and the layer options, checked against the teacher's config before any weights load."""
+    if not args.teacher_model or args.do_eval:
+        return
+    path = os.path.join(args.student_model, "config.json") if os.path.isdir(args.student_model) else args.student_model
+    if not os.path.isfile(path):
+        return  # reported where the student is built
+    teacher_layers = read_model_config(args.teacher_model, "--teacher_model").num_hidden_layers
+    student_layers = read_student_config(path).get("num_hidden_layers", teacher_layers)
+    if args.layer_map:
+        parse_layer_list(args.layer_map, student_layers, teacher_layers, "--layer_map")
+    if args.init_layers and getattr(args, "student_init", "random") == "teacher_layers":
+        parse_layer_list(args.init_layers, student_layers, teacher_layers, "--init_layers")
+
+
 def run_task_distill(args) -> dict:
     from transformers import AutoModelForSequenceClassification
 
@@ -160,6 +175,7 @@ def run_task_distill(args) -> dict:
         raise UserError(f"--data_dir: no such folder: {args.data_dir}")
     for arg, path in (("--teacher_model", args.teacher_model), ("--student_model", args.student_model)):
         check_length_fits(path, args.max_seq_length, "--max_seq_length", arg)
+    check_student_against_teacher_config(args)
     ensure_writable_dir(args.output_dir)
     eval_only = args.do_eval
     if not eval_only and not args.teacher_model:
