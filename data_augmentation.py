@@ -10,6 +10,7 @@
 import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
+from tinybert.augmentation import run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.augmentation import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -16,6 +16,7 @@ import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.families import add_model_type_arg
+from minilm.seq2seq_decode import run
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.seq2seq_decode import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
+from minilm.nlg_metrics import run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.nlg_metrics import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -14,6 +14,7 @@ import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.runtime import add_runtime_args
+from tinybert.mlm_head import run_fit_mlm_head
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.mlm_head import run_fit_mlm_head
-
     return run_fit_mlm_head(parse_args(build_parser(), argv))
 
 

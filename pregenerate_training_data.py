@@ -12,6 +12,7 @@ tokenised once and cut into fixed blocks of --max_seq_len tokens: packed/ + pack
 import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
+from tinybert.masked_lm_instances import run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.masked_lm_instances import run
-
     return run(parse_args(build_parser(), argv))
 
 

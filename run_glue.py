@@ -12,6 +12,7 @@ import argparse
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.families import add_model_type_arg
 from kdcore.runtime import add_runtime_args
+from tinybert.classification import run_glue
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.classification import run_glue
-
     return run_glue(parse_args(build_parser(), argv))
 
 

@@ -14,6 +14,7 @@ import argparse
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.finetune import add_model_args, add_task_args
 from kdcore.runtime import add_runtime_args
+from minilm.squad import run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.squad import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -16,6 +16,7 @@ import argparse
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.finetune import add_model_args, add_task_args
 from kdcore.runtime import add_runtime_args
+from minilm.xnli import run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.xnli import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -20,6 +20,7 @@ from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.runtime import add_runtime_args
 from kdcore.student_init import add_student_init_args, layer_numbers
 from tinybert.intermediate import LOSS_REDUCTION
+from tinybert.task_distill import run_task_distill
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.task_distill import run_task_distill
-
     return run_task_distill(parse_args(build_parser(), argv))
 
 

@@ -11,7 +11,7 @@ saves (final models and checkpoints alike), so each `save_pretrained` folder hol
   final loss terms, the last evaluation during training and the final results.
 
 The facts come from the *run record* of the current process: `start_run` (called by `kdcore.cli.parse_args`, so
-by every script), `note_progress` / `note_evaluation` (the training loop) and `note_results` (the writers of
+by every script), `note_training_progress` / `note_evaluation` (the training loop) and `note_results` (the writers of
 `eval_results.json`, which also refresh the card of the folder they write into). A record describes only folders
 inside its run's `--output_dir`; any other folder gets a card from its config alone, never another run's facts.
 """
@@ -27,6 +27,8 @@ import sys
 from dataclasses import dataclass, field
 
 from .files import sha256_file
+from kdcore import __version__
+from kdcore.files import atomic_write_json, atomic_write_text, load_config_file
 
 CARD_FILE = "README.md"
 ARGS_FILE = "training_args.json"
@@ -86,7 +88,7 @@ def current_run() -> RunRecord | None:
     return _RUN
 
 
-def note_progress(global_step: int, losses: dict) -> None:
+def note_training_progress(global_step: int, losses: dict) -> None:
     if _RUN is not None:
         _RUN.global_step = int(global_step)
         _RUN.losses = {k: float(v) for k, v in losses.items()}
@@ -118,8 +120,6 @@ def _describes(run: RunRecord, folder: str) -> bool:
 @functools.lru_cache(maxsize=1)
 def toolkit_version() -> dict:
     """{"name", "version", "commit", "dirty"}; commit and dirty are None outside a git checkout."""
-    from kdcore import __version__
-
     info = {"name": "kd-toolkit", "version": __version__, "commit": None, "dirty": None}
     if os.path.exists(os.path.join(_REPO_ROOT, ".git")):
         try:
@@ -184,7 +184,6 @@ def _recipe(run: RunRecord) -> dict | None:
     path = run.args.get("config")
     if not isinstance(path, str) or not os.path.isfile(path):
         return None
-    from kdcore.cli import load_config_file
 
     return {"path": os.path.abspath(path), "sha256": fingerprint(path)["sha256"],
             "values": _jsonable(load_config_file(path))}
@@ -341,8 +340,6 @@ def write_model_card(folder: str, config=None, results: dict | None = None) -> N
     results, written after the model was saved) the folder's own training facts are kept - its step and losses
     are those of the model in it (e.g. the best checkpoint), not of the run's last step - and the results added.
     """
-    from kdcore.modeling import atomic_write_json, atomic_write_text
-
     if config is None and os.path.isfile(os.path.join(folder, "config.json")):
         from transformers import AutoConfig
 

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .cli import UserError
+from .errors import UserError
 from .modeling import encoder_layers
 
 logger = logging.getLogger("kd")

@@ -6,7 +6,8 @@ import logging
 import os
 
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import atomic_write_json, check_length_fits, load_model, load_tokenizer, save_model
+from kdcore.modeling import check_length_fits, load_model, load_tokenizer, save_model
+from kdcore.files import atomic_write_json
 from kdcore.runtime import Runtime
 from kdcore.trainer import train
 

@@ -29,8 +29,9 @@ from kdcore.cli import UserError
 from kdcore.families import max_input_positions
 from kdcore.batching import pad_batch
 from kdcore.files import iter_text_lines
-from kdcore.modeling import hf_from_pretrained
+from kdcore.modeling import hf_from_pretrained, load_tokenizer
 from tinybert.glue import GlueTask, read_tsv
+from .glue import get_task
 
 logger = logging.getLogger("kd.augmentation")
 
@@ -368,10 +369,6 @@ def augment_file(augmentor: DataAugmentor, task: GlueTask, train_path: str, outp
 
 def run(args) -> tuple[int, int]:
     """data_augmentation.py: augment GLUE_DIR/TASK/train.tsv into train_aug.tsv; returns (rows in, rows out)."""
-    from kdcore.modeling import load_tokenizer
-
-    from .glue import get_task
-
     task = get_task(args.task_name)
     if task.name == "MNLI" and args.task_name.lower() == "mnli-mm":
         raise UserError("--task_name: augment MNLI (mnli-mm is only an evaluation set)")

@@ -31,11 +31,11 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from kdcore.cli import UserError
-from kdcore.files import iter_text_lines
-from kdcore.modeling import atomic_write_json
+from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.files import atomic_write_json, iter_text_lines
 from kdcore.shards import (PACKED_DIR, PACKED_MANIFEST, ShardWriter, epoch_shard_fields, token_dtype,
                            vocab_sha1)
+from kdcore.modeling import check_length_fits, load_tokenizer
 
 logger = logging.getLogger("kd.pregenerate")
 
@@ -724,9 +724,6 @@ def pregenerate_packed(args, tokenizer, tokens_per_shard: int = 1 << 22) -> int:
 def run(args) -> list[int] | int:
     """pregenerate_training_data.py: check the arguments and the tokenizer, then pregenerate; returns the
     example count of each epoch (or, with --packed_sequences, the number of blocks)."""
-    from kdcore.cli import ensure_writable_dir
-    from kdcore.modeling import check_length_fits, load_tokenizer
-
     corpus_files(args.train_corpus)  # a clear error before any work
     if args.max_documents is not None and args.max_documents < 1:
         raise UserError("--max_documents must be at least 1")

@@ -19,14 +19,18 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.finetune import predict_batches
-from kdcore.modeling import atomic_write_json, freeze, hf_from_pretrained, load_tokenizer, save_model
+from kdcore.modeling import freeze, hf_from_pretrained, load_tokenizer, save_model
+from kdcore.files import atomic_write_json
+from kdcore.pregenerated_data import PackedBlocks
+from kdcore.runtime import Runtime
+from kdcore.trainer import train
+from tinybert.augmentation import _mlm_head
 
 logger = logging.getLogger("kd.mlm_head")
 
@@ -99,7 +103,6 @@ class MaskedLMHeadObjective(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        from tinybert.augmentation import _mlm_head
 
         self.model = model
         self.head = _mlm_head(model)
@@ -146,10 +149,6 @@ def heldout_accuracy(objective: MaskedLMHeadObjective, data: MaskedBlocks, batch
 
 def run_fit_mlm_head(args) -> dict:
     from transformers import AutoModelForMaskedLM
-
-    from kdcore.pregenerated_data import PackedBlocks
-    from kdcore.runtime import Runtime
-    from kdcore.trainer import train
 
     tokenizer = load_tokenizer(args.teacher_model, "--teacher_model")
     if tokenizer.mask_token_id is None:
