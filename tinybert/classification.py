@@ -208,12 +208,12 @@ def run_glue(args) -> dict:
     model = load_classifier(args.model_name_or_path, task, labels, "--model_name_or_path", args.config_name, tokenizer)
 
     if args.do_train:
-        evaluate_fn = None
-        if args.evaluate_during_training:
-            def evaluate_fn(objective, step):
-                return evaluate_all(objective.model, sets, task, collate, args.per_gpu_eval_batch_size, rt.device)
+        def evaluate_fn(objective, step):
+            return evaluate_all(objective.model, sets, task, collate, args.per_gpu_eval_batch_size, rt.device)
+
         train_task(rt, args, model, train_items, tokenizer, collate_fn=collate,
-                   loss_fn=lambda logits, gold: task_loss(logits, gold, task), evaluate_fn=evaluate_fn,
+                   loss_fn=lambda logits, gold: task_loss(logits, gold, task),
+                   evaluate_fn=evaluate_fn if args.evaluate_during_training else None,
                    eval_steps=args.logging_steps if args.evaluate_during_training else 0,
                    metric_for_best=task.metric if args.evaluate_during_training else None)
         model = load_classifier(args.output_dir, task, labels, "--output_dir", tokenizer=tokenizer)  # what was saved
