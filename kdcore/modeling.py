@@ -1,4 +1,5 @@
-"""Modelling glue over Hugging Face encoders (BERT, RoBERTa, XLM-R).
+"""Modelling glue over Hugging Face encoders (every family of kdcore/families.py: BERT, RoBERTa/XLM-R, DeBERTa-v2,
+DistilBERT, ModernBERT).
 
 * `load_teacher`   – a frozen, eval-mode teacher from a HF folder or a bare weights file + config + vocab.
 * `build_student`  – a student from a config JSON (size fields only; vocabulary from the teacher) or a folder.

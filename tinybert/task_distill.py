@@ -1,8 +1,10 @@
 """TinyBERT task-specific distillation (`task_distill.py`).
 
-Stage 1 (intermediate layers, default): for student layer i and teacher layer g(i) = (i+1)k-1, k = N_t/N_s,
+Stage 1 (intermediate layers, default): student layer i learns from teacher layer g(i) (1-based; `--layer_map`,
+default uniform with the top layer kept, g(i) = floor(i N_t / N_s + 1/2), also when the depths do not divide;
+kdcore/student_init.uniform_layer_map),
 
-    L = MSE(W e^S, e^T) + sum_i MSE(W h^S_i, h^T_{(i+1)k}) + sum_i MSE(A^S_i, A^T_{g(i)})
+    L = MSE(W e^S, e^T) + sum_i MSE(W h^S_i, h^T_{g(i)}) + sum_i MSE(A^S_i, A^T_{g(i)})
 
 with the embedding output e, layer outputs h, raw attention scores A = QK^T/sqrt(d) (padded positions
 excluded, see tinybert/losses.py) and W the trainable `fit_dense` (student width -> the teacher's width, read
