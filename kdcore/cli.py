@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from .errors import UserError
 from .files import check_writable_dir, check_writable_file, load_config_file
-from .model_card import script_of_caller, start_run
+from .model_card import start_run
 
 logger = logging.getLogger("kd")
 
@@ -341,7 +341,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     check_outputs(args)
     note_new_output_dirs(args)
     # The run record behind the model cards of every folder this run saves (kdcore.model_card).
-    start_run(args, sys.argv[1:] if argv is None else list(argv), script_of_caller())
+    start_run(args, sys.argv[1:] if argv is None else list(argv), parser.prog)
     return args
 
 

@@ -28,6 +28,7 @@ from .losses import common_relation_head_counts, self_attention_relation_kl
 from kdcore.runtime import Runtime, add_runtime_args
 from kdcore.student_init import add_student_init_args, apply_student_init
 from kdcore.trainer import train
+from kdcore.model_card import describe_run
 
 
 class EmbeddingDistillObjective(DistillObjective):
@@ -104,8 +105,8 @@ class TextLines(torch.utils.data.Dataset):
         return pad_batch([i for i, _ in items], [t for _, t in items], self.pad_id)
 
 
-def build_parser():
-    p = ArgumentParser(description="Embedding distillation of a sentence-embedding teacher (see "
+def build_parser(prog: str | None = None):
+    p = ArgumentParser(prog=prog, description="Embedding distillation of a sentence-embedding teacher (see "
                                 "distill_embeddings.py).")
     p.add_argument("--teacher_model", required=True, help="teacher folder (a sentence-transformers folder or a HF one)",
                    identifies=True)
@@ -137,6 +138,8 @@ def build_parser():
 def run_embedding_distill(args) -> dict:
     import logging
 
+    describe_run("minilmv2-embedding" if args.relation_weight else "embedding-distillation",
+                 ["knowledge-distillation", "sentence-embeddings"], pipeline_tag="sentence-similarity")
     logger = logging.getLogger("kd.embedding")
     ensure_writable_dir(args.output_dir)
     if args.train_batch_size < 1:

@@ -13,6 +13,7 @@ from kdcore.trainer import train
 
 from .seq2seq_data import Seq2SeqTrainDataset, TrainCollator, check_special_tokens, load_train_features, truncation_report
 from .unilm import UniLMSeq2Seq
+from kdcore.model_card import describe_run
 
 logger = logging.getLogger("kd.run_seq2seq")
 
@@ -39,6 +40,7 @@ def run(args):
     """run_seq2seq.py: fine-tune a masked LM with the pseudo-mask seq2seq objective; returns the trainer's result."""
     from transformers import AutoModelForMaskedLM
 
+    describe_run("unilm-seq2seq", ["seq2seq", "fine-tuning"], pipeline_tag="text2text-generation")
     check_args(args)
     check_length_fits(args.config_name or args.model_name_or_path,
                       args.max_source_seq_length + args.max_target_seq_length,

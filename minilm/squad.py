@@ -527,6 +527,8 @@ def run(args) -> dict | None:
     """Train and/or evaluate as asked; returns the eval_results.json content (rank 0) or None."""
     from transformers import AutoModelForQuestionAnswering
 
+    model_card.describe_run("fine-tuning", ["fine-tuning"], pipeline_tag="question-answering",
+                            datasets=["squad_v2" if args.version_2_with_negative else "squad"])
     if not (args.do_train or args.do_eval):
         raise UserError("nothing to do: pass --do_train and/or --do_eval")
     if args.mlqa_language is not None:

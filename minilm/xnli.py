@@ -186,6 +186,7 @@ def eval_path(data_dir: str, split: str) -> str:
 def run(args) -> dict | None:
     from transformers import AutoModelForSequenceClassification
 
+    model_card.describe_run("fine-tuning", ["fine-tuning"], datasets=["xnli"], pipeline_tag="text-classification")
     if not (args.do_train or args.do_eval):
         raise UserError("nothing to do: pass --do_train and/or --do_eval")
     for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "max_seq_length"):

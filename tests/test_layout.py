@@ -118,3 +118,29 @@ def test_project_imports_sit_at_the_top_of_their_module():
     for path in files:
         inside += [f"{os.path.relpath(path, REPO)}: {t}" for t, top in _project_imports(path) if not top]
     assert inside == []
+
+
+def test_no_core_module_names_a_script_or_a_method():
+    """The core serves its clients without knowing them: no string in kdcore (docstrings and help text aside) is a
+    script's name or a distillation method's name, so a new script or method never touches the core."""
+    import ast
+
+    scripts = {f for f in _scripts()} | {f[:-3] for f in _scripts()}
+    methods = {"tinybert", "minilm", "minilmv2", "embedding"}
+    # "minilm" is also a model type (the MiniLM release's name for its BERT-architecture checkpoints).
+    model_type_rows = {("families.py", "minilm"), ("modeling.py", "minilm")}
+    named = []
+    for name in sorted(os.listdir(os.path.join(REPO, "kdcore"))):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(REPO, "kdcore", name), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                value = node.value.strip()
+                if value in scripts or (value in methods and (name, value) not in model_type_rows):
+                    named.append(f"kdcore/{name}:{node.lineno}: {value!r}")
+    assert named == []

@@ -182,6 +182,8 @@ def run_glue(args) -> dict:
     """Plain fine-tuning / evaluation / prediction (run_glue.py)."""
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
+    model_card.describe_run("fine-tuning", ["fine-tuning"], datasets=[f"glue/{args.task_name}"],
+                            pipeline_tag="text-classification")
     if not (args.do_train or args.do_eval or args.do_predict):
         raise UserError("nothing to do: give --do_train, --do_eval and/or --do_predict")
     if not os.path.isdir(args.data_dir):

@@ -30,6 +30,7 @@ from kdcore.files import atomic_write_json
 from kdcore.pregenerated_data import PackedBlocks
 from kdcore.runtime import Runtime
 from kdcore.trainer import train
+from kdcore.model_card import describe_run
 from tinybert.augmentation import _mlm_head
 
 logger = logging.getLogger("kd.mlm_head")
@@ -150,6 +151,7 @@ def heldout_accuracy(objective: MaskedLMHeadObjective, data: MaskedBlocks, batch
 def run_fit_mlm_head(args) -> dict:
     from transformers import AutoModelForMaskedLM
 
+    describe_run("masked-lm-head", ["fill-mask"], pipeline_tag="fill-mask")
     tokenizer = load_tokenizer(args.teacher_model, "--teacher_model")
     if tokenizer.mask_token_id is None:
         raise UserError(f"--teacher_model {args.teacher_model}: its tokenizer has no mask token")

@@ -41,7 +41,7 @@ from tinybert.glue import GlueTask, encode, get_task, label_order, load_split
 from tinybert.intermediate import TinyBertIntermediateObjective
 from tinybert.losses import hinton_kd_loss, regression_mse, soft_cross_entropy, soft_cross_entropy_original
 from kdcore.logit_cache import cached_teacher_logits, features_fingerprint, teacher_fingerprint
-from kdcore.model_card import current_run
+from kdcore.model_card import current_run, describe_run
 from kdcore.runtime import Runtime
 from kdcore.trainer import train
 
@@ -166,6 +166,9 @@ def run_task_distill(args) -> dict:
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
     resolve_stage_defaults(args)
+    describe_run("tinybert", ["knowledge-distillation", "task-distillation",
+                              "prediction-layer" if args.pred_distill else "intermediate-layers"],
+                 datasets=[f"glue/{args.task_name}"], pipeline_tag="text-classification")
     if args.alpha is not None and (task.labels is None or not args.pred_distill):
         raise UserError("--alpha mixes gold and soft labels in prediction-layer distillation (--pred_distill) of a "
                         f"classification task; not for {'stage 1' if task.labels is not None else task.name}")
