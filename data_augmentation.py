@@ -10,10 +10,11 @@
 import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
+from tinybert.augmentation import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="data_augmentation.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained_bert_model", required=True,
                    help="folder of a BERT saved WITH its masked-LM head (e.g. bert-base-uncased), and its tokenizer",
                    identifies=False)
@@ -45,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.augmentation import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -16,9 +16,10 @@ import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.families import add_model_type_arg
+from minilm.seq2seq_decode import run
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="decode_seq2seq.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_type_arg(p)
     p.add_argument("--model_path", required=True, help="Checkpoint folder (or glob of folders) from run_seq2seq.py.",
                    identifies=False)
@@ -68,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.seq2seq_decode import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
+from minilm.nlg_metrics import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="eval_seq2seq.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="xsum", choices=["xsum", "cnndm", "summarization", "qg"], identifies=False)
     p.add_argument("--pred", "--out_file", dest="pred", required=True, help="Predictions, one line per example.",
                    identifies=False)
@@ -33,8 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.nlg_metrics import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -14,10 +14,11 @@ import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.runtime import add_runtime_args
+from tinybert.mlm_head import run_fit_mlm_head
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="fit_mlm_head.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher_model", required=True, help="encoder folder (BERT family); its head, if any, is refit",
                    identifies=True)
     p.add_argument("--pregenerated_data", required=True,
@@ -33,8 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.mlm_head import run_fit_mlm_head
-
     return run_fit_mlm_head(parse_args(build_parser(), argv))
 
 

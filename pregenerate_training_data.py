@@ -12,10 +12,11 @@ tokenised once and cut into fixed blocks of --max_seq_len tokens: packed/ + pack
 import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
+from tinybert.masked_lm_instances import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="pregenerate_training_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train_corpus", required=True,
                    help="text file, folder of text files, or glob: documents separated by blank lines (and by the "
                         "end of a file); one sentence per line, or raw text", identifies=False)
@@ -62,8 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.masked_lm_instances import run
-
     return run(parse_args(build_parser(), argv))
 
 

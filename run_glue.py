@@ -12,10 +12,11 @@ import argparse
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.families import add_model_type_arg
 from kdcore.runtime import add_runtime_args
+from tinybert.classification import run_glue
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="run_glue.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_type_arg(p)
     p.add_argument("--model_name_or_path", "--bert_model", required=True,
                    help="model folder, or a weights file with --config_name", identifies=True)
@@ -54,8 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.classification import run_glue
-
     return run_glue(parse_args(build_parser(), argv))
 
 

@@ -16,9 +16,10 @@ import argparse
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.families import add_model_type_arg
 from kdcore.runtime import add_runtime_args
+from minilm.seq2seq_train import run
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="run_seq2seq.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train_file", required=True, help="JSON lines with \"src\" and \"tgt\" (strings or token lists).",
                    identifies=True)
     p.add_argument("--cached_train_features_file", default=None,
@@ -72,8 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.seq2seq_train import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -14,10 +14,11 @@ import argparse
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.finetune import add_model_args, add_task_args
 from kdcore.runtime import add_runtime_args
+from minilm.squad import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="run_squad.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser, model_type_default="bert")
     g = parser.add_argument_group("data")
     g.add_argument("--data_dir", default=None, help="Folder of --train_file / --predict_file (optional).",
@@ -50,8 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.squad import run
-
     return run(parse_args(build_parser(), argv))
 
 

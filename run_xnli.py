@@ -16,10 +16,11 @@ import argparse
 from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.finetune import add_model_args, add_task_args
 from kdcore.runtime import add_runtime_args
+from minilm.xnli import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="run_xnli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser, model_type_default="minilm")
     g = parser.add_argument_group("data")
     g.add_argument("--data_dir", required=True, help="Folder holding XNLI-1.0/ and XNLI-MT-1.0/.", identifies=True)
@@ -38,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from minilm.xnli import run
-
     return run(parse_args(build_parser(), argv))
 
 

@@ -20,10 +20,11 @@ from kdcore.cli import ArgumentParser, parse_args, run_main
 from kdcore.runtime import add_runtime_args
 from kdcore.student_init import add_student_init_args, layer_numbers
 from tinybert.intermediate import LOSS_REDUCTION
+from tinybert.task_distill import run_task_distill
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="task_distill.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", required=True, help="the task's folder with train.tsv / dev.tsv (/ train_aug.tsv)",
                    identifies=True)
     p.add_argument("--teacher_model", default=None, help="fine-tuned teacher folder (not needed with --do_eval)",
@@ -77,8 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from tinybert.task_distill import run_task_distill
-
     return run_task_distill(parse_args(build_parser(), argv))
 
 

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from kdcore.cli import ArgumentParser  # noqa: E402
-from kdcore.modeling import atomic_write_json  # noqa: E402
+from kdcore.files import atomic_write_json  # noqa: E402
 
 
 def default_data_dir() -> str:

@@ -23,7 +23,7 @@ sys.path.insert(0, BENCH)
 from common import cpu_model_and_flags  # noqa: E402
 
 from kdcore.cli import ArgumentParser  # noqa: E402
-from kdcore.modeling import atomic_write_text  # noqa: E402
+from kdcore.files import atomic_write_text  # noqa: E402
 DATA_SCRIPTS = {"pregenerate", "augment", "corpus"}  # benchmarks that read the real data folder
 
 # name: (script, extra args per mode). Scripts with --quick/--full/--smoke presets get the mode flag itself.

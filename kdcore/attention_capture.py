@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .cli import UserError
+from .errors import UserError
 from .families import family_of, get_path
 from .modeling import bare_model, encoder_layers
 

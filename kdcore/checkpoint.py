@@ -38,9 +38,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .cli import UserError
-from .files import sha256_file
-from .modeling import atomic_dir
+from .errors import UserError
+from .files import atomic_dir, sha256_file
 from .runtime import broadcast_bytes, broadcast_str
 
 TRAINING_STATE = "training_state.json"

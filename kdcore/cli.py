@@ -14,25 +14,23 @@ Bad input anywhere in the packages raises `UserError("what is wrong, naming the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import sys
 from typing import Callable, Sequence
 
+from .errors import UserError
+from .files import check_writable_dir, check_writable_file, load_config_file
+from .model_card import start_run
+
 logger = logging.getLogger("kd")
-
-
-class UserError(Exception):
-    """A problem with the user's input (arguments, files, data). Reported as one line, exit code 2."""
-
 
 # Where a training run stands, for the one line printed on Ctrl-C (kept up to date by the trainer).
 _PROGRESS: dict = {"step": None, "checkpoint": None}
 
 
-def note_progress(step: int | None = None, checkpoint: str | None = None) -> None:
+def note_resume_point(step: int | None = None, checkpoint: str | None = None) -> None:
     """Record the current optimisation step and/or the newest complete checkpoint (for the interrupt message)."""
     if step is not None:
         _PROGRESS["step"] = step
@@ -135,28 +133,6 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
         help="JSON or YAML file whose keys are argument names (without dashes); "
         "arguments given on the command line override it.",
     )
-
-
-def load_config_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise UserError(f"--config: no such file: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as err:
-        raise UserError(f"--config {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})")
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
-    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
-        raise UserError(f"--config {path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {err}")
-    if not isinstance(values, dict):
-        raise UserError(f"--config {path}: expected a mapping of argument names to values")
-    return values
 
 
 def _raise_user_error(message: str):
@@ -364,10 +340,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     args = parser.parse_args(argv, namespace=args)
     check_outputs(args)
     note_new_output_dirs(args)
-    from kdcore.model_card import script_of_caller, start_run
-
     # The run record behind the model cards of every folder this run saves (kdcore.model_card).
-    start_run(args, sys.argv[1:] if argv is None else list(argv), script_of_caller())
+    start_run(args, sys.argv[1:] if argv is None else list(argv), parser.prog)
     return args
 
 
@@ -378,8 +352,6 @@ OUTPUT_FILE_ARGS = ("output_file", "output_json")
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    from .files import check_writable_dir, check_writable_file
-
     for dest in OUTPUT_DIR_ARGS:
         if getattr(args, dest, None):
             check_writable_dir(getattr(args, dest), f"--{dest}")
@@ -405,14 +377,3 @@ def require_file(path: str, argname: str) -> str:
     if not path or not os.path.isfile(path):
         raise UserError(f"{argname}: no such file: {path}")
     return path
-
-
-def read_json_file(path: str, argname: str, what: str = "JSON file"):
-    """Parse a JSON file, or raise UserError naming the argument, the file and what was expected."""
-    if not os.path.isfile(path):
-        raise UserError(f"{argname}: no such file: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{argname} {path}: not a {what} ({err})")

@@ -30,6 +30,7 @@ from .runtime import Runtime, add_runtime_args
 from .sentence_embeddings import write_sentence_transformers_files
 from .student_init import add_student_init_args, apply_student_init
 from .trainer import train
+from .model_card import describe_run
 
 logger = logging.getLogger("kd")
 
@@ -78,9 +79,10 @@ def _method_options(methods: dict[str, DistillMethod]) -> dict[str, tuple[Option
     return table
 
 
-def build_parser(methods: dict[str, DistillMethod], default_method: str = "tinybert") -> argparse.ArgumentParser:
+def build_parser(methods: dict[str, DistillMethod], default_method: str | None = None,
+                 prog: str | None = None) -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        description="General distillation (" + " / ".join(methods) + ") of a teacher over data written by "
+        prog=prog, description="General distillation (" + " / ".join(methods) + ") of a teacher over data written by "
         "pregenerate_training_data.py.")
     parser.add_argument("--pregenerated_data", required=True,
                         help="Folder written by pregenerate_training_data.py: epochs (binary shards or epoch_N.json, with "
@@ -92,7 +94,8 @@ def build_parser(methods: dict[str, DistillMethod], default_method: str = "tinyb
                         help="Student: a config JSON (e.g. configs/minilm_L6xH384.json; size fields only, the "
                         "vocabulary follows the teacher) or a folder (its config.json; its weights with --continue_train).",
                         identifies=True)
-    parser.add_argument("--distill_method", choices=list(methods), default=default_method,
+    parser.add_argument("--distill_method", choices=list(methods),
+                        default=default_method if default_method is not None else next(iter(methods)),
                         help="; ".join(f"{m.name}: {m.summary}" for m in methods.values()), identifies=True)
     parser.add_argument("--reduce_memory", action="store_true",
                         help="Keep the pregenerated examples in memory-mapped files instead of RAM.",
@@ -172,6 +175,7 @@ def check_batch_args(args) -> None:
 
 def distill(args, methods: dict[str, DistillMethod]):
     """General distillation with `methods[args.distill_method]`; returns the trainer's result."""
+    describe_run(args.distill_method, ["knowledge-distillation", "general-distillation"])
     check_batch_args(args)
     check_method_options(args, methods)
     if not args.continue_train:  # the student's config is checked before any model is loaded

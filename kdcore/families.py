@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .cli import UserError
+from .errors import UserError
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
 
-from .cli import UserError
+from .errors import UserError
 
 
 def iter_text_lines(path: str, argname: str) -> Iterator[tuple[int, str]]:
@@ -105,22 +107,99 @@ def check_writable_file(path: str, argname: str) -> str:
 
 
 @contextmanager
-def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None):
-    """Open a temporary file beside `path` for writing; on success it replaces `path` in one rename.
+def atomic_path(path: str, suffix: str = ".tmp"):
+    """A temporary file name beside `path` for a writer that takes a name (safetensors, numpy, matplotlib); on
+    success the file replaces `path` in one rename, on failure it is removed. The one temp-and-rename of the toolkit.
 
-    The temporary name ends in `.tmp`, so one left by a killed process is recognisable (and never read).
+    The temporary name starts with "." and ends in `.tmp` (or `suffix`, for writers that go by the extension), so
+    one left by a killed process is recognisable (and never read).
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=parent)
+    os.close(fd)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should read like any other file
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding, "newline": newline})) as f:
-            yield f
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextmanager
+def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None):
+    """Open a temporary file beside `path` for writing (`atomic_path`); on success it replaces `path`."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": encoding, "newline": newline})) as f:
+            yield f
+
+
+def load_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"--config: no such file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise UserError(f"--config {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})")
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
+        raise UserError(f"--config {path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {err}")
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a mapping of argument names to values")
+    return values
+
+
+def read_json_file(path: str, argname: str, what: str = "JSON file"):
+    """Parse a JSON file, or raise UserError naming the argument, the file and what was expected."""
+    if not os.path.isfile(path):
+        raise UserError(f"{argname}: no such file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{argname} {path}: not a {what} ({err})")
+
+
+@contextmanager
+def atomic_dir(path: str):
+    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
+
+    A crash in the middle leaves either the old folder or none, never a half-written one.
+    """
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+            os.rename(path, os.path.join(old, "x"))
+        os.rename(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    """Write a text file through a temporary file and a rename (readers never see half a file)."""
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def atomic_write_json(obj, path: str) -> None:
+    """Write JSON to `path` through a temporary file and a rename."""
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)

@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 
 from .batching import pad_batch
 from .checkpoint import list_checkpoints
-from .cli import UserError
+from .errors import UserError
 from .families import MODEL_TYPES, add_model_type_arg, max_input_positions
 from .modeling import check_vocab, load_model, load_tokenizer, save_model
+from .trainer import train
 
 logger = logging.getLogger("kd")
 
@@ -151,8 +152,6 @@ def train_task(rt, args, model: nn.Module, items, tokenizer, collate_fn: Callabl
     """Fine-tune an HF task model on `items` (a list of dicts of input_ids [, token_type_ids] and labels, or any
     dataset with its `collate_fn`) with the shared Trainer; checkpoints and the final model are HF folders with
     the tokenizer. `trainer_options`: evaluate_fn, eval_steps, metric_for_best (see kdcore.trainer.Trainer)."""
-    from .trainer import train
-
     dataset = ListDataset(items) if isinstance(items, list) else items
     collate_fn = collate_fn or (lambda batch: pad_collate(batch, tokenizer.pad_token_id))
     result = train(

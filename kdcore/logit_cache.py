@@ -17,13 +17,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Callable
 
 import torch
 
-from .cli import UserError
-from .files import sha256_file
+from .errors import UserError
+from .files import atomic_path, sha256_file
 
 logger = logging.getLogger("kd")
 
@@ -81,14 +80,7 @@ def cached_teacher_logits(cache_dir: str, key_parts: dict[str, str | int], num_e
     logits = compute().float().contiguous()
     if logits.size(0) != num_examples:
         raise ValueError(f"computed {logits.size(0)} logits for {num_examples} examples")
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".teacher_logits-", suffix=".tmp", dir=cache_dir)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({"logits": logits}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     logger.info("teacher logits for %d examples cached in %s", num_examples, path)
     return logits

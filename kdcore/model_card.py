@@ -11,7 +11,8 @@ saves (final models and checkpoints alike), so each `save_pretrained` folder hol
   final loss terms, the last evaluation during training and the final results.
 
 The facts come from the *run record* of the current process: `start_run` (called by `kdcore.cli.parse_args`, so
-by every script), `note_progress` / `note_evaluation` (the training loop) and `note_results` (the writers of
+by every script, with the script's name from its parser), `describe_run` (the client says what it makes: method,
+tags, datasets, pipeline tag), `note_training_progress` / `note_evaluation` (the training loop) and `note_results` (the writers of
 `eval_results.json`, which also refresh the card of the folder they write into). A record describes only folders
 inside its run's `--output_dir`; any other folder gets a card from its config alone, never another run's facts.
 """
@@ -23,10 +24,11 @@ import hashlib
 import os
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass, field
 
 from .files import sha256_file
+from kdcore import __version__
+from kdcore.files import atomic_write_json, atomic_write_text, load_config_file
 
 CARD_FILE = "README.md"
 ARGS_FILE = "training_args.json"
@@ -51,6 +53,11 @@ class RunRecord:
     last_evaluation: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)  # the final eval_results.json
     _inputs: list | None = None  # computed once, on the first card written
+    # what the client says it is (describe_run); the card never guesses from the script's name
+    method: str | None = None
+    tags: list = field(default_factory=list)
+    datasets: list | None = None
+    pipeline_tag: str = "feature-extraction"
 
 
 _RUN: RunRecord | None = None
@@ -82,11 +89,20 @@ def start_run(args, argv, script: str) -> RunRecord:
     return _RUN
 
 
+def describe_run(method: str, tags: list[str] = (), datasets: list[str] | None = None,
+                 pipeline_tag: str = "feature-extraction") -> None:
+    """What the running client makes, in the Hub's terms: its method (e.g. "minilmv2"), tags, datasets (default:
+    the names of its input files) and pipeline tag. Called by each method or task when its run starts."""
+    if _RUN is not None:
+        _RUN.method, _RUN.tags = method, list(tags)
+        _RUN.datasets, _RUN.pipeline_tag = (list(datasets) if datasets is not None else None), pipeline_tag
+
+
 def current_run() -> RunRecord | None:
     return _RUN
 
 
-def note_progress(global_step: int, losses: dict) -> None:
+def note_training_progress(global_step: int, losses: dict) -> None:
     if _RUN is not None:
         _RUN.global_step = int(global_step)
         _RUN.losses = {k: float(v) for k, v in losses.items()}
@@ -118,8 +134,6 @@ def _describes(run: RunRecord, folder: str) -> bool:
 @functools.lru_cache(maxsize=1)
 def toolkit_version() -> dict:
     """{"name", "version", "commit", "dirty"}; commit and dirty are None outside a git checkout."""
-    from kdcore import __version__
-
     info = {"name": "kd-toolkit", "version": __version__, "commit": None, "dirty": None}
     if os.path.exists(os.path.join(_REPO_ROOT, ".git")):
         try:
@@ -184,47 +198,24 @@ def _recipe(run: RunRecord) -> dict | None:
     path = run.args.get("config")
     if not isinstance(path, str) or not os.path.isfile(path):
         return None
-    from kdcore.cli import load_config_file
 
     return {"path": os.path.abspath(path), "sha256": fingerprint(path)["sha256"],
             "values": _jsonable(load_config_file(path))}
 
 
 def _method(run: RunRecord) -> tuple[str, list[str]]:
-    """(method, extra tags) of the run, from its script and arguments."""
-    script, args = run.script.removesuffix(".py"), run.args
-    if script == "general_distill":
-        return str(args.get("distill_method", "tinybert")), ["knowledge-distillation", "general-distillation"]
-    if script == "task_distill":
-        stage = "prediction-layer" if args.get("pred_distill") else "intermediate-layers"
-        return "tinybert", ["knowledge-distillation", "task-distillation", stage]
-    if script == "run_seq2seq":
-        return "unilm-seq2seq", ["seq2seq", "fine-tuning"]
-    if script in ("run_glue", "run_squad", "run_xnli"):
-        return "fine-tuning", ["fine-tuning"]
-    return script, []
+    """(method, extra tags) as the client described its run; a client that did not is named by its script."""
+    return run.method or run.script.removesuffix(".py"), run.tags
 
 
 def _datasets(run: RunRecord) -> list[str]:
-    args, script = run.args, run.script.removesuffix(".py")
-    if args.get("task_name"):
-        return [f"glue/{args['task_name']}" if script != "run_xnli" else "xnli"]
-    if script == "run_squad":
-        return ["squad_v2" if args.get("version_2_with_negative") else "squad"]
-    if script == "run_xnli":
-        return ["xnli"]
+    if run.datasets is not None:
+        return run.datasets
     return [os.path.basename(os.path.normpath(i["path"])) for i in _inputs(run)]
 
 
 def _pipeline_tag(run: RunRecord) -> str:
-    script = run.script.removesuffix(".py")
-    if script == "run_squad":
-        return "question-answering"
-    if script == "run_seq2seq":
-        return "text2text-generation"
-    if script in ("task_distill", "run_glue", "run_xnli"):
-        return "text-classification"
-    return "feature-extraction"
+    return run.pipeline_tag
 
 
 def _is_metric(key: str) -> bool:
@@ -341,8 +332,6 @@ def write_model_card(folder: str, config=None, results: dict | None = None) -> N
     results, written after the model was saved) the folder's own training facts are kept - its step and losses
     are those of the model in it (e.g. the best checkpoint), not of the run's last step - and the results added.
     """
-    from kdcore.modeling import atomic_write_json, atomic_write_text
-
     if config is None and os.path.isfile(os.path.join(folder, "config.json")):
         from transformers import AutoConfig
 
@@ -381,9 +370,3 @@ def read_front_matter(folder: str) -> dict:
     if not text.startswith("---\n"):
         return {}
     return yaml.safe_load(text[4:text.index("\n---", 4)]) or {}
-
-
-def script_of_caller(depth: int = 2) -> str:
-    """The file name of the script whose main() called parse_args (for the record's `script`)."""
-    frame = sys._getframe(depth)
-    return os.path.basename(frame.f_globals.get("__file__") or sys.argv[0] or "kd")

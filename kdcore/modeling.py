@@ -1,4 +1,5 @@
-"""Modelling glue over Hugging Face encoders (BERT, RoBERTa, XLM-R).
+"""Modelling glue over Hugging Face encoders (every family of kdcore/families.py: BERT, RoBERTa/XLM-R, DeBERTa-v2,
+DistilBERT, ModernBERT).
 
 * `load_teacher`   – a frozen, eval-mode teacher from a HF folder or a bare weights file + config + vocab.
 * `build_student`  – a student from a config JSON (size fields only; vocabulary from the teacher) or a folder.
@@ -11,16 +12,15 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from .cli import UserError, read_json_file
+from .errors import UserError
+from .files import read_json_file
 from .families import family_of, get_path, max_input_positions, set_size_field
-from .files import atomic_open
+from kdcore.model_card import write_model_card
 
 # Fields of a student config that describe its size; everything else (vocabulary, positions, token types,
 # special ids, model type) follows the teacher so that the student reads the teacher's tokenizer.
@@ -379,40 +379,6 @@ def bare_model(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------------------------------
-@contextmanager
-def atomic_dir(path: str):
-    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
-
-    A crash in the middle leaves either the old folder or none, never a half-written one.
-    """
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    try:
-        yield tmp
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-            os.rename(path, os.path.join(old, "x"))
-        os.rename(tmp, path)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write a text file through a temporary file and a rename (readers never see half a file)."""
-    with atomic_open(path) as f:
-        f.write(text)
-
-
-def atomic_write_json(obj, path: str) -> None:
-    """Write JSON to `path` through a temporary file and a rename."""
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
-
-
 def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules: dict[str, nn.Module] | None = None) -> None:
     """Save a `save_pretrained` folder: config.json, model.safetensors, tokenizer files, and the model card
     (README.md + training_args.json, `kdcore.model_card.write_model_card`).
@@ -444,6 +410,5 @@ def save_model(model: nn.Module, output_dir: str, tokenizer=None, extra_modules:
                 os.replace(src, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from kdcore.model_card import write_model_card
 
     write_model_card(output_dir, getattr(model, "config", None))

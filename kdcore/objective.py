@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .batching import encoder_inputs
-from .cli import UserError
+from .errors import UserError
 from .families import family_of, get_path
 from .attention_capture import SelfAttentionCapture
 from .modeling import bare_model, encoder_layers, freeze, save_model

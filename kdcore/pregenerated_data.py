@@ -40,8 +40,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .batching import pad_batch
-from .cli import UserError, read_json_file
-from .files import iter_text_lines
+from .errors import UserError
+from .files import iter_text_lines, read_json_file
 from .shards import EPOCH_RAGGED, EPOCH_SCALARS, PACKED_MANIFEST, ShardedRows, vocab_sha1
 
 logger = logging.getLogger("kd")

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .cli import UserError, declaring
+from .errors import UserError
+from .cli import declaring
 
 logger = logging.getLogger("kd.runtime")
 

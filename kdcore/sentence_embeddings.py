@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cli import UserError, read_json_file
-from .files import iter_text_lines
+from .errors import UserError
+from .files import atomic_path, atomic_write_json, iter_text_lines, read_json_file
+from .modeling import load_model, load_tokenizer
 
 logger = logging.getLogger("kd")
 
@@ -89,9 +90,8 @@ def write_sentence_transformers_files(teacher_dir: str, output_dir: str, hidden_
     for name in ST_FILES:
         src = os.path.join(teacher_dir, name)
         if os.path.isfile(src):
-            tmp = os.path.join(output_dir, f".{name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, os.path.join(output_dir, name))
+            with atomic_path(os.path.join(output_dir, name)) as tmp:
+                shutil.copyfile(src, tmp)
     for module in _modules(teacher_dir):
         sub = module.get("path", "")
         if not sub:
@@ -102,10 +102,7 @@ def write_sentence_transformers_files(teacher_dir: str, output_dir: str, hidden_
             with open(cfg_src, encoding="utf-8") as f:
                 cfg = json.load(f)
             cfg["word_embedding_dimension"] = hidden_size
-            tmp = os.path.join(output_dir, sub, ".config.json.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(cfg, f, indent=2)
-            os.replace(tmp, os.path.join(output_dir, sub, "config.json"))
+            atomic_write_json(cfg, os.path.join(output_dir, sub, "config.json"))
         elif os.path.isfile(cfg_src):
             shutil.copyfile(cfg_src, os.path.join(output_dir, sub, "config.json"))
     return True
@@ -205,10 +202,14 @@ def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
     return a, b, np.asarray(gold, dtype=np.float64)
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties) = Pearson correlation of the ranks."""
-    from scipy.stats import rankdata
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (average ranks for ties) = Pearson correlation of the ranks; 0 when either side
+    is constant (there is no order to correlate). The one Spearman of the toolkit (STS zero-shot, GLUE STS-B)."""
+    from scipy.stats import rankdata  # scipy: imported where used, so importing this module stays light
 
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
     rx, ry = rankdata(x), rankdata(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     return float((rx * ry).sum() / np.sqrt((rx ** 2).sum() * (ry ** 2).sum()))
@@ -229,8 +230,6 @@ def sts_zero_shot_spearman(model: nn.Module, tokenizer, sts_pairs: tuple, mode: 
 def folder_sts_spearman(model_dir: str, sts_pairs: tuple, batch_size: int = 64,
                         max_examples: int | None = None) -> dict:
     """`sts_zero_shot_spearman` of a model folder, with the pooling its sentence-transformers modules name."""
-    from .modeling import load_model, load_tokenizer
-
     if not os.path.isdir(model_dir):
         raise UserError(f"--model_dir: no such folder: {model_dir}")
     mode, normalize = read_pooling(model_dir)  # the small files first: a bad one fails before the weights load
@@ -242,8 +241,6 @@ def folder_sts_spearman(model_dir: str, sts_pairs: tuple, batch_size: int = 64,
 
 def evaluate_sts_folder(args) -> dict:
     """eval_sts.py: the zero-shot STS Spearman of the model folder `args.model_dir`, printed (and written) as JSON."""
-    from .modeling import atomic_write_json
-
     if not os.path.isdir(args.model_dir):
         raise UserError(f"--model_dir: no such folder: {args.model_dir}")
     sts_pairs = read_sts(args.sts_file)  # a bad STS file fails before the model is loaded

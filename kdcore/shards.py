@@ -17,11 +17,11 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
-import tempfile
 
 import numpy as np
 
-from .cli import UserError
+from .errors import UserError
+from .files import atomic_open
 
 
 # The two corpora written as shards (pregenerate_training_data.py):
@@ -52,15 +52,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def _save_npy_atomic(path: str, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
 
 
 class ShardWriter:

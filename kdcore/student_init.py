@@ -19,14 +19,12 @@ import math
 import torch
 from torch import nn
 
-from .cli import UserError
+from .errors import UserError
 from .modeling import encoder_layers
 
 logger = logging.getLogger("kd")
 
 INIT_CHOICES = ("random", "teacher_layers")
-# Methods whose losses work for a student narrower than its teacher (so they can start from random weights).
-WIDTH_FREE_METHODS = "minilmv2, tinybert (through its fit_dense projection)"
 
 
 def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[int]:
@@ -88,8 +86,7 @@ def init_from_teacher_layers(student: nn.Module, teacher: nn.Module, layers: lis
         if s_val != t_val:
             raise UserError(
                 f"{argname} teacher_layers: the student's {field} {s_val} differs from the teacher's {t_val}, so the "
-                f"teacher's layers do not fit; use the teacher's {field} or start from random (--student_init random; "
-                f"methods for a narrower student: {WIDTH_FREE_METHODS})")
+                f"teacher's layers do not fit; use the teacher's {field} or start from random (--student_init random)")
     s_blocks, t_blocks = encoder_layers(s_base), encoder_layers(t_base)
     if layers is None:
         layers = uniform_layer_map(len(s_blocks), len(t_blocks))

@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 from . import model_card
 from .checkpoint import (TrainState, agree_on_resume, gather_rng, load_checkpoint, prune_checkpoints, run_identity,
                          save_checkpoint, sweep_orphans, unwrap)
-from .cli import UserError, ensure_writable_dir, note_progress
+from .errors import UserError
+from .cli import ensure_writable_dir, note_resume_point
 from .files import atomic_open, iter_text_lines
 from .runtime import Runtime
 
@@ -254,7 +255,7 @@ class Trainer:
         resume = agree_on_resume(args, checkpoint_prefix, rt)  # rank 0 verifies and decides for every rank
         if resume:
             self.state = load_checkpoint(resume, rt, self.model, self.optimizer, self.scheduler, self.plan.batch_size)
-            note_progress(self.state.global_step, resume)
+            note_resume_point(self.state.global_step, resume)
             if rt.is_main:
                 logger.info("resumed from %s (step %d)", resume, self.state.global_step)
         if rt.distributed:
@@ -325,9 +326,9 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.global_step += 1
-        note_progress(self.state.global_step)
+        note_resume_point(self.state.global_step)
         self.last_losses = {k: v / self._running_count for k, v in self._running.items()}
-        model_card.note_progress(self.state.global_step, self.last_losses)  # for the cards of the folders saved next
+        model_card.note_training_progress(self.state.global_step, self.last_losses)  # for the cards of the folders saved next
         return grad_norm
 
     def log(self, grad_norm: float | None, progress) -> None:
@@ -374,7 +375,7 @@ class Trainer:
             path = os.path.join(self.args.output_dir, f"{self.prefix}-{self.state.global_step}")
             save_checkpoint(path, self.rt, self.model, self.optimizer, self.scheduler, self.state, self.save_model_fn, rng,
                             identity=run_identity(self.args))
-            note_progress(checkpoint=path)
+            note_resume_point(checkpoint=path)
             prune_checkpoints(self.args.output_dir, self.prefix, self.args.save_total_limit)
         self.rt.barrier()
 

@@ -14,15 +14,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcore.cli import ArgumentParser, UserError
-from kdcore.files import iter_text_lines
-from kdcore.batching import encoder_inputs
+from kdcore.cli import ArgumentParser, UserError, ensure_writable_dir
+from kdcore.files import atomic_write_json, iter_text_lines
+from kdcore.batching import encoder_inputs, pad_batch
 from kdcore.attention_capture import SelfAttentionCapture
-from kdcore.modeling import bare_model, encoder_layers
+from kdcore.modeling import bare_model, build_student, encoder_layers, load_teacher, load_tokenizer
 from kdcore.objective import DistillObjective
-from kdcore.sentence_embeddings import embedding_mse, pool
+from kdcore.sentence_embeddings import (
+    embedding_mse, pool, read_pooling, read_sts, sts_zero_shot_spearman, write_sentence_transformers_files,
+)
 
 from .losses import common_relation_head_counts, self_attention_relation_kl
+from kdcore.runtime import Runtime, add_runtime_args
+from kdcore.student_init import add_student_init_args, apply_student_init
+from kdcore.trainer import train
+from kdcore.model_card import describe_run
 
 
 class EmbeddingDistillObjective(DistillObjective):
@@ -96,16 +102,11 @@ class TextLines(torch.utils.data.Dataset):
         return self.features[idx]
 
     def collate(self, items) -> dict:
-        from kdcore.batching import pad_batch
-
         return pad_batch([i for i, _ in items], [t for _, t in items], self.pad_id)
 
 
-def build_parser():
-    from kdcore.runtime import add_runtime_args
-    from kdcore.student_init import add_student_init_args
-
-    p = ArgumentParser(description="Embedding distillation of a sentence-embedding teacher (see "
+def build_parser(prog: str | None = None):
+    p = ArgumentParser(prog=prog, description="Embedding distillation of a sentence-embedding teacher (see "
                                 "distill_embeddings.py).")
     p.add_argument("--teacher_model", required=True, help="teacher folder (a sentence-transformers folder or a HF one)",
                    identifies=True)
@@ -137,14 +138,8 @@ def build_parser():
 def run_embedding_distill(args) -> dict:
     import logging
 
-    from kdcore.cli import ensure_writable_dir
-    from kdcore.modeling import atomic_write_json, build_student, load_teacher, load_tokenizer
-    from kdcore.runtime import Runtime
-    from kdcore.trainer import train
-    from kdcore.sentence_embeddings import (read_pooling, read_sts, sts_zero_shot_spearman,
-                                            write_sentence_transformers_files)
-    from kdcore.student_init import apply_student_init
-
+    describe_run("minilmv2-embedding" if args.relation_weight else "embedding-distillation",
+                 ["knowledge-distillation", "sentence-embeddings"], pipeline_tag="sentence-similarity")
     logger = logging.getLogger("kd.embedding")
     ensure_writable_dir(args.output_dir)
     if args.train_batch_size < 1:

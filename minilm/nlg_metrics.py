@@ -28,8 +28,9 @@ import os
 import string
 from collections import Counter, OrderedDict
 
-from kdcore.cli import UserError
-from kdcore.files import read_text_lines
+from kdcore.cli import UserError, require_file
+from kdcore.files import atomic_write_json, check_writable_file, read_text_lines
+from .seq2seq_data import iter_json_lines
 
 logger = logging.getLogger("kd.nlg_metrics")
 
@@ -318,8 +319,6 @@ def score_question_generation(predictions: list[str], references: list[str], sou
 # --------------------------------------------------------------------------------------------------------------
 def read_references(path: str, argname: str = "--gold") -> tuple[list[str], list[str] | None]:
     """References (and sources, if present) from JSON lines with "tgt" (and "src"), or plain text lines."""
-    from .seq2seq_data import iter_json_lines
-
     lines = read_text_lines(path, argname)
     if lines and lines[0].lstrip().startswith("{"):
         refs, srcs = [], []
@@ -357,10 +356,6 @@ def score_files(pred_file: str, gold_file: str, task: str, src_file: str | None 
 
 def run(args) -> dict:
     """eval_seq2seq.py: score --pred against --gold, write --output_json (default <pred>.scores.json)."""
-    from kdcore.cli import require_file
-    from kdcore.files import check_writable_file
-    from kdcore.modeling import atomic_write_json
-
     task = args.task if args.task in ("qg", "cnndm") else "summarization"  # xsum: XSum's rules
     require_file(args.pred, "--pred")
     # checked before the work; an output the user did not name is named by where it comes from

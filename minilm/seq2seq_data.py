@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 
 import torch
 from torch.utils.data import Dataset
 
 from kdcore.batching import pad_batch
 from kdcore.cli import UserError
-from kdcore.files import file_fingerprint, iter_text_lines
+from kdcore.files import atomic_path, file_fingerprint, iter_text_lines
 
 logger = logging.getLogger("kd.seq2seq")
 
@@ -117,17 +116,8 @@ def save_feature_cache(path: str, features: dict, meta: dict) -> None:
     tensors = {}
     for key in ("source_ids", "target_ids"):
         tensors[key], tensors[key + ".offsets"] = _pack(features[key])
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"format": CACHE_FORMAT, **meta})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class StaleCache(UserError):

@@ -12,12 +12,13 @@ import torch
 from tqdm.auto import tqdm
 
 from kdcore.cli import UserError
-from kdcore.files import atomic_open, check_writable_file
-from kdcore.modeling import atomic_write_json, check_length_fits, load_model
+from kdcore.files import atomic_open, atomic_write_json, check_writable_file
+from kdcore.modeling import check_length_fits, load_model, load_tokenizer
 
 from .beam_search import CachedStepper, RecomputeStepper, SearchConfig, beam_search
 from .seq2seq_data import check_special_tokens, decode_sources, detokenize, pad_stack, read_jsonl, to_ids
 from .unilm import UniLMSeq2Seq
+from kdcore.runtime import set_seed
 
 logger = logging.getLogger("kd.decode")
 
@@ -165,9 +166,6 @@ def check_args(args) -> None:
 
 def run(args) -> None:
     """decode_seq2seq.py: decode --input_file with every checkpoint --model_path matches."""
-    from kdcore.modeling import load_tokenizer
-    from kdcore.runtime import set_seed
-
     check_args(args)
     # An existing path is taken literally (a folder may be named "run[1]"); only otherwise is it a pattern.
     if os.path.exists(args.model_path):

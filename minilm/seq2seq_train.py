@@ -6,12 +6,14 @@ import logging
 import os
 
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import atomic_write_json, check_length_fits, load_model, load_tokenizer, save_model
+from kdcore.modeling import check_length_fits, load_model, load_tokenizer, save_model
+from kdcore.files import atomic_write_json
 from kdcore.runtime import Runtime
 from kdcore.trainer import train
 
 from .seq2seq_data import Seq2SeqTrainDataset, TrainCollator, check_special_tokens, load_train_features, truncation_report
 from .unilm import UniLMSeq2Seq
+from kdcore.model_card import describe_run
 
 logger = logging.getLogger("kd.run_seq2seq")
 
@@ -38,6 +40,7 @@ def run(args):
     """run_seq2seq.py: fine-tune a masked LM with the pseudo-mask seq2seq objective; returns the trainer's result."""
     from transformers import AutoModelForMaskedLM
 
+    describe_run("unilm-seq2seq", ["seq2seq", "fine-tuning"], pipeline_tag="text2text-generation")
     check_args(args)
     check_length_fits(args.config_name or args.model_name_or_path,
                       args.max_source_seq_length + args.max_target_seq_length,

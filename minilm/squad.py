@@ -35,7 +35,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kdcore import model_card
-from kdcore.cli import UserError, read_json_file
+from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.files import atomic_write_json, read_json_file
+from kdcore.finetune import (
+    check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate, pad_collate, predict_batches,
+    train_task,
+)
+from .squad_metrics import MLQA_LANGUAGES, evaluate_v1, squad_v2_report
+from kdcore.modeling import check_length_fits
+from kdcore.runtime import Runtime
+from kdcore.families import MODEL_TYPES
 
 logger = logging.getLogger("kd")
 
@@ -330,8 +339,6 @@ def convert_examples_to_features(
 # ----------------------------------------------------------------------------------------------------------------
 def predict_logits(model, features: SquadFeatures, collate_fn, batch_size: int, device, autocast) -> tuple[list, list]:
     """Start / end logits of every feature (trimmed to the feature's length), in feature order."""
-    from kdcore.finetune import predict_batches
-
     def step(model, batch):
         index = batch.pop("feature_index").tolist()
         out = model(**batch)
@@ -495,11 +502,6 @@ def load_eval_data(obj: dict, args, tokenizer, use_token_type_ids: bool) -> Squa
 
 def evaluate_model(model, eval_data: SquadEvalData, tokenizer, args, rt, out_dir: str) -> dict:
     """Predict, write predictions.json / nbest_predictions.json / null_odds.json into `out_dir`, return metrics."""
-    from kdcore.modeling import atomic_write_json
-
-    from kdcore.finetune import pad_collate
-    from .squad_metrics import evaluate_v1, squad_v2_report
-
     model = model.to(rt.device)
     collate = lambda items: pad_collate(items, tokenizer.pad_token_id)  # noqa: E731
     starts, ends = predict_logits(model, eval_data.features, collate, args.per_gpu_eval_batch_size, rt.device,
@@ -525,15 +527,8 @@ def run(args) -> dict | None:
     """Train and/or evaluate as asked; returns the eval_results.json content (rank 0) or None."""
     from transformers import AutoModelForQuestionAnswering
 
-    from kdcore.cli import ensure_writable_dir
-    from kdcore.modeling import atomic_write_json, check_length_fits
-    from kdcore.runtime import Runtime
-
-    from kdcore.finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
-                                 train_task)
-    from kdcore.families import MODEL_TYPES
-    from .squad_metrics import MLQA_LANGUAGES
-
+    model_card.describe_run("fine-tuning", ["fine-tuning"], pipeline_tag="question-answering",
+                            datasets=["squad_v2" if args.version_2_with_negative else "squad"])
     if not (args.do_train or args.do_eval):
         raise UserError("nothing to do: pass --do_train and/or --do_eval")
     if args.mlqa_language is not None:

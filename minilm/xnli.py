@@ -21,8 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kdcore import model_card
-from kdcore.cli import UserError
-from kdcore.files import iter_text_lines
+from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.files import atomic_write_json, iter_text_lines
+from kdcore.finetune import (
+    check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate, pad_collate, predict_batches,
+    train_task,
+)
+from kdcore.modeling import check_length_fits
+from kdcore.runtime import Runtime
+from kdcore.families import MODEL_TYPES
 
 logger = logging.getLogger("kd")
 
@@ -139,8 +146,6 @@ def encode(examples: NliExamples, tokenizer, max_seq_length: int, use_token_type
 
 def predict(model, items: list[dict], collate_fn, batch_size: int, device, autocast) -> np.ndarray:
     """Predicted label ids, in item order."""
-    from kdcore.finetune import predict_batches
-
     unlabelled = [{k: v for k, v in it.items() if k != "labels"} for it in items]
     out = predict_batches(model, unlabelled, collate_fn, batch_size, device,
                           lambda model, batch: model(**batch).logits.float().argmax(-1).cpu().numpy(), autocast)
@@ -181,14 +186,7 @@ def eval_path(data_dir: str, split: str) -> str:
 def run(args) -> dict | None:
     from transformers import AutoModelForSequenceClassification
 
-    from kdcore.cli import ensure_writable_dir
-    from kdcore.modeling import atomic_write_json, check_length_fits
-    from kdcore.runtime import Runtime
-
-    from kdcore.finetune import (check_max_seq_length, load_task_model, load_task_tokenizer, models_to_evaluate,
-                                 pad_collate, train_task)
-    from kdcore.families import MODEL_TYPES
-
+    model_card.describe_run("fine-tuning", ["fine-tuning"], datasets=["xnli"], pipeline_tag="text-classification")
     if not (args.do_train or args.do_eval):
         raise UserError("nothing to do: pass --do_train and/or --do_eval")
     for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "max_seq_length"):

@@ -43,10 +43,14 @@ from dataclasses import dataclass
 import torch
 
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.modeling import atomic_write_json, atomic_write_text
-from kdcore.sentence_embeddings import folder_sts_spearman, read_sts
+from kdcore.files import atomic_write_json, atomic_write_text
+from kdcore.sentence_embeddings import folder_sts_spearman, read_sts, write_sentence_transformers_files
 from pipelines.general_comparison import DemoStages, corpus_files, run_general_comparison
 from pipelines.reporting import format_stat, mean_spread, plot_loss_curves
+from kdcore.modeling import _read_config, build_student, load_teacher, load_tokenizer, save_model
+from kdcore.student_init import init_from_teacher_layers, parse_layer_list
+from tinybert.classification import evaluate, glue_collate, load_classifier, read_folder_config
+from tinybert.glue import encode, get_task, label_order, load_split, write_heldout_split
 
 logger = logging.getLogger("kd.demo")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,10 +218,6 @@ def write_init_students(teacher: str, student_config: str, out_dir: str, seed: i
     `init_layers`, a sentence-transformers folder like the teacher) and `student_random_init_seed<seed>`."""
     from transformers import AutoModel, AutoTokenizer
 
-    from kdcore.modeling import build_student, load_teacher, load_tokenizer, save_model
-    from kdcore.sentence_embeddings import write_sentence_transformers_files
-    from kdcore.student_init import init_from_teacher_layers, parse_layer_list
-
     teacher_layers = os.path.join(out_dir, "student_teacher_layers")
     random_init = os.path.join(out_dir, f"student_random_init_seed{seed}")
     if not _done(teacher_layers, "model.safetensors"):
@@ -231,7 +231,6 @@ def write_init_students(teacher: str, student_config: str, out_dir: str, seed: i
         write_sentence_transformers_files(teacher, teacher_layers, student.config.hidden_size)
     if not _done(random_init, "model.safetensors"):
         # The baseline: the same architecture with fresh random weights.
-        from kdcore.modeling import _read_config
 
         torch.manual_seed(seed)
         config = _read_config(teacher_layers, "--student_model")
@@ -244,9 +243,6 @@ def write_finetuned_start(finetuned_teacher: str, student_config: str, out_dir: 
     """`student_finetuned_teacher_layers`: the fine-tuned teacher's embeddings, layers `init_layers`, pooler and
     classifier in the student's shape: the start of the control and of every distilled student."""
     from transformers import AutoModelForSequenceClassification
-
-    from kdcore.modeling import build_student, load_teacher, load_tokenizer, save_model
-    from kdcore.student_init import init_from_teacher_layers, parse_layer_list
 
     folder = os.path.join(out_dir, "student_finetuned_teacher_layers")
     if not _done(folder, "model.safetensors"):
@@ -299,10 +295,6 @@ def augmented_split(args, scale, out: str, teacher: str, select: str, stage) -> 
 
 def sst2_accuracy(model_dir: str, data_dir: str, max_examples: int | None, max_seq_length: int) -> float:
     """Accuracy of a saved SST-2 classifier on DATA_DIR/dev.tsv (the real dev set, or the held-out slice)."""
-    from kdcore.modeling import load_tokenizer
-    from tinybert.classification import evaluate, glue_collate, load_classifier, read_folder_config
-    from tinybert.glue import encode, get_task, label_order, load_split
-
     task = get_task("SST-2")
     tokenizer = load_tokenizer(model_dir, "--model_dir")
     labels = label_order(task, read_folder_config(model_dir))
@@ -351,7 +343,6 @@ def run_demo(args) -> dict:
     times = _read_json(times_path) if os.path.isfile(times_path) else {}
 
     # 0. The selection split: models train on 90 % of train.tsv; the other 10 % is where recipes were chosen.
-    from tinybert.glue import get_task, write_heldout_split
 
     select = os.path.join(out, "sst2_select")
     split = write_heldout_split(sst2, get_task("SST-2"), select, args.heldout_fraction, seed=0)

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from kdcore.files import read_text_lines
-from kdcore.modeling import atomic_write_json, atomic_write_text, load_tokenizer
+from kdcore.files import atomic_write_json, atomic_write_text, read_text_lines
+from kdcore.modeling import load_tokenizer
 from pipelines.reporting import format_stat, mean_spread, plot_loss_curves, save_figure
 
 # (key, label, script, the method's own arguments). Everything else (start, corpus, budget, lr) is shared.

@@ -5,6 +5,8 @@ import json
 import os
 import statistics
 
+from kdcore.files import atomic_path
+
 
 def plot_loss_curves(logs: dict[str, str], out_png: str) -> None:
     """One panel per stage: every loss term of its train_log.jsonl against the step."""
@@ -52,7 +54,6 @@ def save_figure(fig, out_png: str) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = out_png + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out_png, suffix=".tmp.png") as tmp:  # matplotlib picks the format by the extension
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_png)

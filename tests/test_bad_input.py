@@ -112,7 +112,7 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
     }.items():
         p[name.replace(".", "_")] = _write(f"{t}/cfg/{name}", text)
     # pregenerated data
-    from tinybert.masked_lm_instances import pregenerate_packed
+    from tinybert.packed_sequences import pregenerate_packed
 
     corpus_slice = _write(f"{t}/packed_corpus.txt", "\n\n".join(real_paragraphs(shared_data, 6)))
     pregenerate_packed(argparse.Namespace(max_seq_len=32, train_corpus=corpus_slice, output_dir=f"{t}/packed",

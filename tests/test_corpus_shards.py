@@ -109,7 +109,7 @@ def test_packed_sequences_are_the_running_text_in_fixed_blocks(tmp_path, corpus_
     # the blocks are the documents' tokens in order, each document followed by [SEP]
     want = []
     for name in ("a.txt", "b.txt"):
-        from tinybert.masked_lm_instances import iter_corpus_documents
+        from tinybert.corpus import iter_corpus_documents
 
         for doc in iter_corpus_documents([str(corpus_dir / name)], "auto"):
             for sentence in doc:

@@ -68,3 +68,79 @@ def test_imports_flow_one_way_scripts_then_method_packages_then_kdcore():
                     continue
                 wrong += [f"{package}/{name} imports {m}" for m in modules if m.split(".")[0] in others]
     assert wrong == []
+
+
+def _project_imports(path: str):
+    """(module imported, at top level?) for every import of a project module in the file at `path`."""
+    import ast
+
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    package = os.path.basename(os.path.dirname(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                target = f"{package}.{node.module}" if node.module else package
+            elif (node.module or "").split(".")[0] in PACKAGES:
+                target = node.module
+            else:
+                continue
+            yield target, node.col_offset == 0
+
+
+def test_the_core_has_no_import_circle():
+    graph = {}
+    for name in os.listdir(os.path.join(REPO, "kdcore")):
+        if name.endswith(".py") and name != "__init__.py":
+            module = f"kdcore.{name[:-3]}"
+            graph[module] = {t for t, _ in _project_imports(os.path.join(REPO, "kdcore", name))
+                             if t.startswith("kdcore.") and t != module}
+    state = {}
+
+    def visit(module, path):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", "import circle: " + " -> ".join(path + [module])
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            visit(target, path + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_project_imports_sit_at_the_top_of_their_module():
+    inside = []
+    files = [os.path.join(REPO, f) for f in _scripts()]
+    files += [os.path.join(REPO, pkg, f) for pkg in PACKAGES for f in os.listdir(os.path.join(REPO, pkg))
+              if f.endswith(".py")]
+    for path in files:
+        inside += [f"{os.path.relpath(path, REPO)}: {t}" for t, top in _project_imports(path) if not top]
+    assert inside == []
+
+
+def test_no_core_module_names_a_script_or_a_method():
+    """The core serves its clients without knowing them: no string in kdcore (docstrings and help text aside) is a
+    script's name or a distillation method's name, so a new script or method never touches the core."""
+    import ast
+
+    scripts = {f for f in _scripts()} | {f[:-3] for f in _scripts()}
+    methods = {"tinybert", "minilm", "minilmv2", "embedding"}
+    # "minilm" is also a model type (the MiniLM release's name for its BERT-architecture checkpoints).
+    model_type_rows = {("families.py", "minilm"), ("modeling.py", "minilm")}
+    named = []
+    for name in sorted(os.listdir(os.path.join(REPO, "kdcore"))):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(REPO, "kdcore", name), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                value = node.value.strip()
+                if value in scripts or (value in methods and (name, value) not in model_type_rows):
+                    named.append(f"kdcore/{name}:{node.lineno}: {value!r}")
+    assert named == []

@@ -106,7 +106,7 @@ def test_fit_mlm_head_trains_only_the_head_and_its_output_feeds_augmentation(tmp
 
     import fit_mlm_head
     from tinybert.augmentation import load_masked_lm
-    from tinybert.masked_lm_instances import pregenerate_packed
+    from tinybert.packed_sequences import pregenerate_packed
 
     corpus = tmp_path / "corpus.txt"
     with open(os.path.join(shared_data, "corpus", "austen.txt"), encoding="utf-8") as f:

@@ -6,7 +6,7 @@ import pytest
 
 import pregenerate_training_data as script
 from kdcore.cli import UserError
-from tinybert.masked_lm_instances import detect_corpus_format, iter_documents, split_sentences
+from tinybert.corpus import detect_corpus_format, iter_documents, split_sentences
 
 
 def _read_epoch(folder, epoch=0):

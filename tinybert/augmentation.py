@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +27,10 @@ from tqdm import tqdm
 from kdcore.cli import UserError
 from kdcore.families import max_input_positions
 from kdcore.batching import pad_batch
-from kdcore.files import iter_text_lines
-from kdcore.modeling import hf_from_pretrained
+from kdcore.files import atomic_open, iter_text_lines
+from kdcore.modeling import hf_from_pretrained, load_tokenizer
 from tinybert.glue import GlueTask, read_tsv
+from .glue import get_task
 
 logger = logging.getLogger("kd.augmentation")
 
@@ -324,54 +324,38 @@ def augment_file(augmentor: DataAugmentor, task: GlueTask, train_path: str, outp
     for line_num, row in rows:
         if len(row) < need:
             raise UserError(f"{train_path}:{line_num}: expected at least {need} tab-separated columns for {task.name}, found {len(row)}")
-    out_dir = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".train_aug.", suffix=".tsv.tmp", dir=out_dir)
     written = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            def write(fields):
-                f.write("\t".join(_clean_field(x) for x in fields) + "\n")
+    with atomic_open(output_path, "w", newline="") as f:  # a reader never sees half a file
+        def write(fields):
+            f.write("\t".join(_clean_field(x) for x in fields) + "\n")
 
-            if header is not None:
-                write(header)
-            bar = tqdm(total=len(rows), desc=f"Augmenting {task.name}", unit=" rows")
-            for start in range(0, len(rows), block_rows):
-                block = rows[start : start + block_rows]
-                sentences = [row[c] for _, row in block for c in columns]
-                cands = augmentor.candidates(sentences)
-                k = 0
-                for line_num, row in block:
-                    write(row)
-                    written += 1
-                    for c in columns:
-                        words, cand = cands[k]
-                        k += 1
-                        rng = random.Random(f"{augmentor.seed}-{line_num}-{c}")
-                        for variant in augmentor.variants(row[c], words, cand, rng)[1:]:
-                            new_row = list(row)
-                            new_row[c] = variant  # the other sentence of a pair stays the original
-                            write(new_row)
-                            written += 1
-                bar.update(len(block))
-            bar.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, output_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        if header is not None:
+            write(header)
+        bar = tqdm(total=len(rows), desc=f"Augmenting {task.name}", unit=" rows")
+        for start in range(0, len(rows), block_rows):
+            block = rows[start : start + block_rows]
+            sentences = [row[c] for _, row in block for c in columns]
+            cands = augmentor.candidates(sentences)
+            k = 0
+            for line_num, row in block:
+                write(row)
+                written += 1
+                for c in columns:
+                    words, cand = cands[k]
+                    k += 1
+                    rng = random.Random(f"{augmentor.seed}-{line_num}-{c}")
+                    for variant in augmentor.variants(row[c], words, cand, rng)[1:]:
+                        new_row = list(row)
+                        new_row[c] = variant  # the other sentence of a pair stays the original
+                        write(new_row)
+                        written += 1
+            bar.update(len(block))
+        bar.close()
     return len(rows), written
 
 
 def run(args) -> tuple[int, int]:
     """data_augmentation.py: augment GLUE_DIR/TASK/train.tsv into train_aug.tsv; returns (rows in, rows out)."""
-    from kdcore.modeling import load_tokenizer
-
-    from .glue import get_task
-
     task = get_task(args.task_name)
     if task.name == "MNLI" and args.task_name.lower() == "mnli-mm":
         raise UserError("--task_name: augment MNLI (mnli-mm is only an evaluation set)")

@@ -16,10 +16,11 @@ from torch import nn
 
 from kdcore import model_card
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.files import atomic_open
-from kdcore.finetune import pad_collate, predict_batches
-from kdcore.modeling import atomic_write_json, check_length_fits, check_vocab, hf_from_pretrained, load_model
-from tinybert.glue import GlueTask, InputExample, compute_metrics, encode, label_order, load_split
+from kdcore.files import atomic_open, atomic_write_json
+from kdcore.finetune import checkpoints_to_evaluate, pad_collate, predict_batches, train_task
+from kdcore.modeling import check_length_fits, check_vocab, hf_from_pretrained, load_model, load_tokenizer
+from tinybert.glue import GlueTask, InputExample, TASKS, compute_metrics, encode, get_task, label_order, load_split
+from kdcore.runtime import Runtime
 
 logger = logging.getLogger("kd.glue")
 
@@ -133,8 +134,6 @@ def load_classifier(path: str, task: GlueTask, labels: list[str] | None, argname
 def eval_sets(task_key: str, task: GlueTask, data_dir: str, tokenizer, labels, max_seq_length: int,
               max_examples: int | None) -> dict[str, list[dict]]:
     """Encoded dev sets to evaluate: the task's dev set, and for MNLI the mismatched one too (prefix "mm_")."""
-    from tinybert.glue import TASKS
-
     sets = {"": encode(load_split(data_dir, task, "dev", max_examples=max_examples), tokenizer, task, labels,
                        max_seq_length)}
     if task_key == "mnli":
@@ -155,8 +154,6 @@ def evaluate_all(model, sets: dict[str, list[dict]], task: GlueTask, collate, ba
 
 def predict_test_sets(model, task_key: str, task: GlueTask, data_dir: str, tokenizer, labels, max_seq_length: int,
                       output_dir: str, batch_size: int, device) -> list[str]:
-    from tinybert.glue import TASKS
-
     written = []
     keys = [task_key] + (["mnli-mm"] if task_key == "mnli" else [])
     for key in keys:
@@ -183,13 +180,10 @@ def write_results(result: dict, output_dir: str, name: str = "eval_results.json"
 
 def run_glue(args) -> dict:
     """Plain fine-tuning / evaluation / prediction (run_glue.py)."""
-    from kdcore.finetune import checkpoints_to_evaluate, train_task
-    from kdcore.modeling import load_tokenizer
-    from kdcore.runtime import Runtime
-    from tinybert.glue import get_task
-
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
+    model_card.describe_run("fine-tuning", ["fine-tuning"], datasets=[f"glue/{args.task_name}"],
+                            pipeline_tag="text-classification")
     if not (args.do_train or args.do_eval or args.do_predict):
         raise UserError("nothing to do: give --do_train, --do_eval and/or --do_predict")
     if not os.path.isdir(args.data_dir):
@@ -216,12 +210,12 @@ def run_glue(args) -> dict:
     model = load_classifier(args.model_name_or_path, task, labels, "--model_name_or_path", args.config_name, tokenizer)
 
     if args.do_train:
-        evaluate_fn = None
-        if args.evaluate_during_training:
-            def evaluate_fn(objective, step):
-                return evaluate_all(objective.model, sets, task, collate, args.per_gpu_eval_batch_size, rt.device)
+        def evaluate_fn(objective, step):
+            return evaluate_all(objective.model, sets, task, collate, args.per_gpu_eval_batch_size, rt.device)
+
         train_task(rt, args, model, train_items, tokenizer, collate_fn=collate,
-                   loss_fn=lambda logits, gold: task_loss(logits, gold, task), evaluate_fn=evaluate_fn,
+                   loss_fn=lambda logits, gold: task_loss(logits, gold, task),
+                   evaluate_fn=evaluate_fn if args.evaluate_during_training else None,
                    eval_steps=args.logging_steps if args.evaluate_during_training else 0,
                    metric_for_best=task.metric if args.evaluate_during_training else None)
         model = load_classifier(args.output_dir, task, labels, "--output_dir", tokenizer=tokenizer)  # what was saved

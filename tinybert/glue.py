@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kdcore.cli import UserError
-from kdcore.files import iter_text_lines
+from kdcore.files import atomic_open, iter_text_lines
+from kdcore.sentence_embeddings import spearman  # the one Spearman (also used by the STS zero-shot score)
 
 
 @dataclass
@@ -212,15 +213,6 @@ def pearson(x, y) -> float:
     return float(pearsonr(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))[0])
 
 
-def spearman(x, y) -> float:
-    """Spearman's rho (scipy): Pearson's r of the tie-averaged ranks; 0 when either side is constant."""
-    from scipy.stats import spearmanr
-
-    if _constant(x) or _constant(y):
-        return 0.0
-    return float(spearmanr(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))[0])
-
-
 def compute_metrics(task: GlueTask, preds, labels) -> dict[str, float]:
     """GLUE metrics. Classification: `preds`/`labels` are label ids; regression: scores."""
     key = task.name
@@ -274,8 +266,6 @@ def write_heldout_split(data_dir: str, task: GlueTask, out_dir: str, heldout_fra
     on OUT/dev.tsv, so the real dev set is read only to report. Rows are copied byte for byte (header kept), and
     every row is first checked by the task's reader. An existing folder with the same split is reused; one with
     other content is an error, never overwritten."""
-    from kdcore.files import atomic_open
-
     if not 0.0 < heldout_fraction < 1.0:
         raise UserError(f"--heldout_fraction {heldout_fraction}: must be between 0 and 1 (exclusive)")
     (train_path,) = split_file(data_dir, "train", task)

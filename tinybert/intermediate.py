@@ -26,11 +26,10 @@ from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
 from kdcore.distill import DistillMethod, option
 from kdcore.families import require_qk_attention
-from kdcore.student_init import layer_numbers
+from kdcore.student_init import layer_numbers, parse_layer_list
 from kdcore.modeling import encoder_layers
 from kdcore.objective import DistillObjective
 
-from kdcore.student_init import parse_layer_list
 
 from .losses import attention_score_mse, attention_score_mse_original, hidden_mse, hidden_mse_original
 

@@ -1,22 +1,20 @@
-"""Masked-LM training instances from a corpus (`pregenerate_training_data.py`; read back by kdcore/pregenerated_data.py).
+"""Masked-LM / next-sentence training instances from a corpus (`pregenerate_training_data.py`), BERT's
+create_instances_from_document per document; read back by kdcore/pregenerated_data.py.
 
-Input: documents separated by blank lines. Either one sentence per line (the original's format), or raw text
-(paragraph lines, or hard-wrapped lines) which is split into sentences with a small rule-based splitter.
-
-Output, per epoch N (the original's format, read by `general_distill.py`):
-  * `epoch_N.json`: one JSON object per line with `tokens`, `segment_ids`, `is_random_next`,
-    `masked_lm_positions`, `masked_lm_labels`;
-  * `epoch_N_metrics.json`: `{"num_training_examples": ..., "max_seq_len": ...}`.
+The corpus is read into documents by tinybert/corpus.py; `--packed_sequences` (MiniLM's input) is written by
+tinybert/packed_sequences.py instead. Output, per epoch N:
+  * default: binary shards `epoch_N/shard_*` (token ids, masked positions and labels, kdcore/shards.py) and
+    `epoch_N_metrics.json` listing them;
+  * `--output_format json`: the original's `epoch_N.json` (one JSON object per line with `tokens`, `segment_ids`,
+    `is_random_next`, `masked_lm_positions`, `masked_lm_labels`) and `epoch_N_metrics.json`
+    (`{"num_training_examples": ..., "max_seq_len": ...}`), for the original scripts.
 
 Every document draws its randomness from its own generator seeded by (seed, epoch, document index), so the
-output is the same whatever `--num_workers` is. Workers each write a part file; the parts are concatenated in
-document order into a temporary file that is renamed to `epoch_N.json` at the end (atomic). With
-`--reduce_memory` the tokenized documents live in a binary file in the output folder (read back by offset),
-and only two small integers per document stay in memory.
+output is the same whatever `--num_workers` is. Workers each write a part; the parts are joined in document order
+into a temporary name renamed into place at the end (atomic).
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import multiprocessing as mp
@@ -26,276 +24,19 @@ import re
 import shutil
 import signal
 import tempfile
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 from tqdm import tqdm
 
-from kdcore.cli import UserError
-from kdcore.files import iter_text_lines
-from kdcore.modeling import atomic_write_json
-from kdcore.shards import (PACKED_DIR, PACKED_MANIFEST, ShardWriter, epoch_shard_fields, token_dtype,
-                           vocab_sha1)
+from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.files import atomic_write_json
+from kdcore.modeling import check_length_fits, load_tokenizer
+from kdcore.shards import PACKED_DIR, ShardWriter, epoch_shard_fields, vocab_sha1
+from tinybert.corpus import DiskDocumentStore, DocumentStore, MemoryDocumentStore, corpus_files, tokenize_corpus
+from tinybert.packed_sequences import pregenerate_packed
 
 logger = logging.getLogger("kd.pregenerate")
-
-# --------------------------------------------------------------------------------------------------------------
-# Reading the corpus
-# --------------------------------------------------------------------------------------------------------------
-_ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "cf", "al", "no", "fig",
-    "gen", "col", "lt", "sgt", "capt", "gov", "rev", "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr",
-    "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "mt", "approx", "ca", "op",
-}
-# A sentence ends at . ! or ? (optionally followed by closing quotes/brackets), then whitespace, then something
-# that can start a sentence.
-_BOUNDARY = re.compile(r"""[.!?]["'\u201d\u2019)\]]*(\s+)(?=["'\u201c\u2018(\[]*[A-Z0-9])""")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Rule-based sentence splitter (no model download needed).
-
-    Splits after `.`, `!` or `?` followed by whitespace and an upper-case letter or a digit, except after common
-    abbreviations ("Dr.", "e.g.") and single-letter initials ("J. R. R. Tolkien").
-    """
-    text = " ".join(text.split())
-    if not text:
-        return []
-    sentences, start = [], 0
-    for m in _BOUNDARY.finditer(text):
-        candidate = text[start : m.start(1)]
-        last_word = candidate.rsplit(" ", 1)[-1].rstrip(".!?\"')]\u201d\u2019").lower()
-        if candidate.endswith(".") and (last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha())):
-            continue
-        if candidate:
-            sentences.append(candidate)
-        start = m.end()
-    tail = text[start:].strip()
-    if tail:
-        sentences.append(tail)
-    return sentences
-
-
-def detect_corpus_format(path: str, sample_lines: int = 2000) -> str:
-    """"sentences" when the non-blank lines look like single sentences, else "raw".
-
-    A line of a one-sentence-per-line corpus holds one sentence and ends like one. Raw text has lines with several
-    sentences (paragraph per line) or lines that stop mid-sentence (hard-wrapped books).
-    """
-    n = multi = unterminated = 0
-    for _, line in iter_text_lines(path, "--train_corpus"):
-        line = line.strip()
-        if not line:
-            continue
-        n += 1
-        if len(split_sentences(line)) > 1:
-            multi += 1
-        if not re.search(r"""[.!?]["'\u201d\u2019)\]]*$""", line):
-            unterminated += 1
-        if n >= sample_lines:
-            break
-    if n == 0:
-        return "sentences"
-    return "raw" if (multi + unterminated) / n > 0.3 else "sentences"
-
-
-def iter_documents(path: str, corpus_format: str) -> Iterator[list[str]]:
-    """Yield documents as lists of sentences. Documents are separated by blank lines.
-
-    "sentences": every line is a sentence. "raw": the lines of a block are joined and split into sentences.
-    """
-    block: list[str] = []
-
-    def flush():
-        if corpus_format == "raw":
-            return split_sentences(" ".join(block))
-        return block
-
-    for _, line in iter_text_lines(path, "--train_corpus"):
-        line = line.strip()
-        if line:
-            block.append(line)
-        elif block:
-            doc = flush()
-            block = []
-            if doc:
-                yield doc
-    if block:
-        doc = flush()
-        if doc:
-            yield doc
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Tokenized document stores
-# --------------------------------------------------------------------------------------------------------------
-class DocumentStore:
-    """Tokenized documents (each a list of int32 arrays, one per sentence), indexable, with sentence counts."""
-
-    def __init__(self):
-        self.num_sentences: list[int] = []
-        self._cumsum = None
-
-    def __len__(self) -> int:
-        return len(self.num_sentences)
-
-    def add(self, doc: list[np.ndarray]) -> None:
-        raise NotImplementedError
-
-    def __getitem__(self, idx: int) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def finalize(self) -> None:
-        self._cumsum = np.cumsum(np.asarray(self.num_sentences, dtype=np.int64))
-
-    def sample_other_doc(self, current_idx: int, rng: random.Random) -> list[np.ndarray]:
-        """A document other than `current_idx`, each sentence of the corpus equally likely (as the original)."""
-        cumsum = self._cumsum
-        total = int(cumsum[-1])
-        start = int(cumsum[current_idx])
-        end = start + total - self.num_sentences[current_idx]
-        sentence_index = rng.randrange(start, end) % total
-        doc_idx = int(np.searchsorted(cumsum, sentence_index, side="right"))
-        return self[doc_idx]
-
-
-class MemoryDocumentStore(DocumentStore):
-    def __init__(self):
-        super().__init__()
-        self.docs: list[list[np.ndarray]] = []
-
-    def add(self, doc):
-        self.docs.append(doc)
-        self.num_sentences.append(len(doc))
-
-    def __getitem__(self, idx):
-        return self.docs[idx]
-
-
-class DiskDocumentStore(DocumentStore):
-    """Documents in one binary file: per document [n_sent][len_1..len_n][ids...] as int32, found by offset."""
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-        self.offsets: list[int] = []
-        self._writer = open(path, "wb")
-        self._pos = 0
-        self._reader = None
-        self._reader_pid = None
-
-    def add(self, doc):
-        lengths = np.asarray([len(s) for s in doc], dtype=np.int32)
-        blob = np.concatenate([np.asarray([len(doc)], dtype=np.int32), lengths] + [s.astype(np.int32) for s in doc]).tobytes()
-        self.offsets.append(self._pos)
-        self._writer.write(blob)
-        self._pos += len(blob)
-        self.num_sentences.append(len(doc))
-
-    def finalize(self):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        self.offsets = np.asarray(self.offsets + [self._pos], dtype=np.int64)
-        self.num_sentences = np.asarray(self.num_sentences, dtype=np.int32)
-        super().finalize()
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_writer"] = state["_reader"] = None
-        return state
-
-    def __getitem__(self, idx):
-        if self._reader is None or self._reader_pid != os.getpid():  # one handle per process
-            self._reader = open(self.path, "rb")
-            self._reader_pid = os.getpid()
-        start, end = int(self.offsets[idx]), int(self.offsets[idx + 1])
-        data = np.frombuffer(os.pread(self._reader.fileno(), end - start, start), dtype=np.int32)
-        n = int(data[0])
-        lengths = data[1 : 1 + n]
-        pos, doc = 1 + n, []
-        for length in lengths:
-            doc.append(data[pos : pos + length])
-            pos += int(length)
-        return doc
-
-    def close(self):
-        for handle in (self._writer, self._reader):
-            if handle is not None:
-                handle.close()
-        self._writer = self._reader = None
-
-
-def corpus_files(spec: str, argname: str = "--train_corpus") -> list[str]:
-    """The input files of `spec`: a file, a folder (its regular files, sorted, hidden ones skipped) or a glob."""
-    if os.path.isfile(spec):
-        return [spec]
-    if os.path.isdir(spec):
-        files = sorted(os.path.join(spec, n) for n in os.listdir(spec)
-                       if not n.startswith(".") and os.path.isfile(os.path.join(spec, n)))
-        if not files:
-            raise UserError(f"{argname} {spec}: the folder holds no files")
-        return files
-    files = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
-    if not files:
-        raise UserError(f"{argname}: no such file or folder, and no file matches the pattern: {spec}")
-    return files
-
-
-def iter_corpus_documents(paths: list[str], corpus_format: str) -> Iterator[list[str]]:
-    """Documents of every file in turn (a file's end is a document break); `corpus_format` "auto" decides per file."""
-    for path in paths:
-        fmt = detect_corpus_format(path) if corpus_format == "auto" else corpus_format
-        logger.info("corpus %s: %s", path,
-                    "one sentence per line" if fmt == "sentences" else "raw text, splitting sentences")
-        yield from iter_documents(path, fmt)
-
-
-def tokenize_corpus(path: str | list[str], tokenizer, store: DocumentStore, corpus_format: str, batch_docs: int = 256,
-                    max_documents: int | None = None, batch_chars: int = 1 << 20) -> DocumentStore:
-    """Tokenize the documents of one file or of a list of files (`corpus_format` may be "auto") in batches with
-    the fast tokenizer (which encodes a batch on all cores) and add them to `store` (streamed).
-
-    A batch is flushed at `batch_docs` documents or `batch_chars` characters, whichever comes first: the
-    tokenizer's Python output for a batch is the peak of memory, so it is bounded by text size, not doc count.
-    """
-
-    def flush(docs: list[list[str]]):
-        flat = [s for d in docs for s in d]
-        ids = tokenizer(flat, add_special_tokens=False, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"] if flat else []
-        pos = 0
-        for d in docs:
-            sents = [np.asarray(x, dtype=np.int32) for x in ids[pos : pos + len(d)]]
-            pos += len(d)
-            sents = [s for s in sents if len(s)]
-            if sents:
-                store.add(sents)
-
-    pending: list[list[str]] = []
-    pending_chars = 0
-    # The bar starts with the first document read, so a corpus that is unreadable from its first line fails with
-    # its one error line and no empty bar before it.
-    bar = None
-    paths = [path] if isinstance(path, str) else path
-    for n, doc in enumerate(iter_corpus_documents(paths, corpus_format)):
-        if max_documents is not None and n >= max_documents:
-            break
-        if bar is None:
-            bar = tqdm(desc="Tokenizing documents", unit=" docs")
-        pending.append(doc)
-        pending_chars += sum(len(sent) for sent in doc)
-        if len(pending) >= batch_docs or pending_chars >= batch_chars:
-            flush(pending)
-            bar.update(len(pending))
-            pending, pending_chars = [], 0
-    if pending:
-        flush(pending)
-        bar.update(len(pending))
-    if bar is not None:
-        bar.close()
-    store.finalize()
-    return store
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -643,90 +384,9 @@ def pregenerate(args, tokenizer) -> list[int]:
     return counts
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Packed sequences (minilm / minilmv2): running text cut into fixed blocks, no epochs
-# --------------------------------------------------------------------------------------------------------------
-class PackingStore(DocumentStore):
-    """A DocumentStore that keeps nothing: documents stream through into blocks [CLS] t_1 .. t_{T-2} [SEP] of one
-    running token sequence (documents joined by [SEP]), written to shards of `blocks_per_shard` blocks."""
-
-    def __init__(self, folder: str, max_seq_len: int, cls_id: int, sep_id: int, vocab_size: int,
-                 blocks_per_shard: int):
-        super().__init__()
-        self.folder, self.body = folder, max_seq_len - 2
-        self.cls, self.sep, self.dtype = cls_id, sep_id, token_dtype(vocab_size)
-        self.blocks_per_shard = blocks_per_shard
-        self.shards: list[dict] = []
-        self.num_blocks = 0
-        self._pending: list[np.ndarray] = []
-        self._pending_len = 0
-        self._writer = None
-
-    def add(self, doc):
-        self._pending.extend(doc)
-        self._pending.append(np.asarray([self.sep], dtype=np.int32))
-        self._pending_len += sum(len(s) for s in doc) + 1
-        self.num_sentences.append(len(doc))
-        if self._pending_len >= self.body:
-            run = np.concatenate(self._pending)
-            cut = len(run) - len(run) % self.body
-            for start in range(0, cut, self.body):
-                self._emit(run[start:start + self.body])
-            self._pending, self._pending_len = [run[cut:]], len(run) - cut
-
-    def _emit(self, body: np.ndarray) -> None:
-        if self._writer is None:
-            prefix = os.path.join(self.folder, f"shard_{len(self.shards):06d}")
-            self._writer = ShardWriter(prefix, {"input_ids": self.dtype})
-        self._writer.add(input_ids=np.concatenate([[self.cls], body, [self.sep]]))
-        self.num_blocks += 1
-        if self._writer.rows >= self.blocks_per_shard:
-            self._close_shard()
-
-    def _close_shard(self):
-        info = self._writer.close()
-        self.shards.append({"prefix": f"{PACKED_DIR}/{info['prefix']}", "rows": info["rows"]})
-        self._writer = None
-
-    def finalize(self):
-        tail = np.concatenate(self._pending) if self._pending else np.zeros(0, dtype=np.int32)
-        if len(tail) > 1:  # the last, shorter block (more than a lone [SEP])
-            self._emit(tail)
-        self._pending, self._pending_len = [], 0
-        if self._writer is not None:
-            self._close_shard()
-
-
-def pregenerate_packed(args, tokenizer, tokens_per_shard: int = 1 << 22) -> int:
-    """Tokenise the corpus once into fixed blocks of args.max_seq_len tokens (see PackingStore); returns the
-    number of blocks. Output: packed/shard_*.npy and packed_metrics.json (saved last)."""
-    if args.max_seq_len < 3:
-        raise UserError(f"--max_seq_len {args.max_seq_len} is too small")
-    paths = corpus_files(args.train_corpus)
-    manifest = os.path.join(args.output_dir, PACKED_MANIFEST)
-    folder = os.path.join(args.output_dir, PACKED_DIR)
-    if os.path.exists(manifest):
-        os.remove(manifest)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    vocab = Vocab(tokenizer)
-    store = PackingStore(folder, args.max_seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id,
-                         len(vocab.id_to_token), blocks_per_shard=max(1, tokens_per_shard // args.max_seq_len))
-    tokenize_corpus(paths, tokenizer, store, args.corpus_format, max_documents=args.max_documents)
-    if store.num_blocks == 0:
-        raise UserError(f"--train_corpus {args.train_corpus}: no text found")
-    atomic_write_json({"format": "packed", "num_blocks": store.num_blocks, "max_seq_len": args.max_seq_len,
-                       "vocab_size": len(vocab.id_to_token), "vocab_sha1": vocab.sha1,
-                       "fields": {"input_ids": str(store.dtype)}, "shards": store.shards}, manifest)
-    return store.num_blocks
-
-
 def run(args) -> list[int] | int:
     """pregenerate_training_data.py: check the arguments and the tokenizer, then pregenerate; returns the
     example count of each epoch (or, with --packed_sequences, the number of blocks)."""
-    from kdcore.cli import ensure_writable_dir
-    from kdcore.modeling import check_length_fits, load_tokenizer
-
     corpus_files(args.train_corpus)  # a clear error before any work
     if args.max_documents is not None and args.max_documents < 1:
         raise UserError("--max_documents must be at least 1")

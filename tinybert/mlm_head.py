@@ -19,14 +19,19 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.finetune import predict_batches
-from kdcore.modeling import atomic_write_json, freeze, hf_from_pretrained, load_tokenizer, save_model
+from kdcore.modeling import freeze, hf_from_pretrained, load_tokenizer, save_model
+from kdcore.files import atomic_write_json
+from kdcore.pregenerated_data import PackedBlocks
+from kdcore.runtime import Runtime
+from kdcore.trainer import train
+from kdcore.model_card import describe_run
+from tinybert.augmentation import _mlm_head
 
 logger = logging.getLogger("kd.mlm_head")
 
@@ -99,7 +104,6 @@ class MaskedLMHeadObjective(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        from tinybert.augmentation import _mlm_head
 
         self.model = model
         self.head = _mlm_head(model)
@@ -147,10 +151,7 @@ def heldout_accuracy(objective: MaskedLMHeadObjective, data: MaskedBlocks, batch
 def run_fit_mlm_head(args) -> dict:
     from transformers import AutoModelForMaskedLM
 
-    from kdcore.pregenerated_data import PackedBlocks
-    from kdcore.runtime import Runtime
-    from kdcore.trainer import train
-
+    describe_run("masked-lm-head", ["fill-mask"], pipeline_tag="fill-mask")
     tokenizer = load_tokenizer(args.teacher_model, "--teacher_model")
     if tokenizer.mask_token_id is None:
         raise UserError(f"--teacher_model {args.teacher_model}: its tokenizer has no mask token")

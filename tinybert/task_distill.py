@@ -1,8 +1,10 @@
 """TinyBERT task-specific distillation (`task_distill.py`).
 
-Stage 1 (intermediate layers, default): for student layer i and teacher layer g(i) = (i+1)k-1, k = N_t/N_s,
+Stage 1 (intermediate layers, default): student layer i learns from teacher layer g(i) (1-based; `--layer_map`,
+default uniform with the top layer kept, g(i) = floor(i N_t / N_s + 1/2), also when the depths do not divide;
+kdcore/student_init.uniform_layer_map),
 
-    L = MSE(W e^S, e^T) + sum_i MSE(W h^S_i, h^T_{(i+1)k}) + sum_i MSE(A^S_i, A^T_{g(i)})
+    L = MSE(W e^S, e^T) + sum_i MSE(W h^S_i, h^T_{g(i)}) + sum_i MSE(A^S_i, A^T_{g(i)})
 
 with the embedding output e, layer outputs h, raw attention scores A = QK^T/sqrt(d) (padded positions
 excluded, see tinybert/losses.py) and W the trainable `fit_dense` (student width -> the teacher's width, read
@@ -26,7 +28,9 @@ from torch import nn
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError, ensure_writable_dir
 from kdcore.finetune import ListDataset, predict_batches
-from kdcore.modeling import build_student, check_length_fits, load_teacher, read_model_config, read_student_config
+from kdcore.modeling import (
+    build_student, check_length_fits, load_teacher, load_tokenizer, read_model_config, read_student_config,
+)
 from kdcore.objective import DistillObjective
 from kdcore.student_init import apply_student_init, parse_layer_list
 from tinybert.classification import (
@@ -36,6 +40,10 @@ from tinybert.classification import (
 from tinybert.glue import GlueTask, encode, get_task, label_order, load_split
 from tinybert.intermediate import TinyBertIntermediateObjective
 from tinybert.losses import hinton_kd_loss, regression_mse, soft_cross_entropy, soft_cross_entropy_original
+from kdcore.logit_cache import cached_teacher_logits, features_fingerprint, teacher_fingerprint
+from kdcore.model_card import current_run, describe_run
+from kdcore.runtime import Runtime
+from kdcore.trainer import train
 
 logger = logging.getLogger("kd.task_distill")
 
@@ -89,8 +97,6 @@ def with_example_index(items: list[dict]) -> list[dict]:
 def teacher_logits_for(teacher: nn.Module, teacher_path: str, items: list[dict], collate, max_seq_length: int,
                        task_name: str, cache_dir: str, batch_size: int, device) -> torch.Tensor:
     """The fine-tuned teacher's logits for every training item, computed once (cached; kdcore/logit_cache.py)."""
-    from kdcore.logit_cache import cached_teacher_logits, features_fingerprint, teacher_fingerprint
-
     key = {"data": features_fingerprint(items), "teacher": teacher_fingerprint(teacher_path, teacher.config),
            "max_seq_length": max_seq_length, "task": task_name.lower()}
 
@@ -130,8 +136,6 @@ def resolve_stage_defaults(args) -> None:
     """The schedule and warmup a stage trains with unless given: TinyBERT trained its intermediate-layer stage at a
     constant rate with no warmup (BertAdam schedule "none"), its prediction-layer stage with linear decay after
     10 % warmup. The run record (model card, training_args.json) gets the values used."""
-    from kdcore.model_card import current_run
-
     if getattr(args, "lr_schedule", None) is None:
         args.lr_schedule = "linear" if args.pred_distill else "constant"
     if getattr(args, "warmup_proportion", None) is None:
@@ -159,13 +163,12 @@ def check_student_against_teacher_config(args) -> None:
 def run_task_distill(args) -> dict:
     from transformers import AutoModelForSequenceClassification
 
-    from kdcore.modeling import load_tokenizer
-    from kdcore.runtime import Runtime
-    from kdcore.trainer import train
-
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
     resolve_stage_defaults(args)
+    describe_run("tinybert", ["knowledge-distillation", "task-distillation",
+                              "prediction-layer" if args.pred_distill else "intermediate-layers"],
+                 datasets=[f"glue/{args.task_name}"], pipeline_tag="text-classification")
     if args.alpha is not None and (task.labels is None or not args.pred_distill):
         raise UserError("--alpha mixes gold and soft labels in prediction-layer distillation (--pred_distill) of a "
                         f"classification task; not for {'stage 1' if task.labels is not None else task.name}")
