@@ -21,7 +21,7 @@ import os
 import torch
 from torch import nn
 
-from kdcore.attention_capture import SelfAttentionCapture, attention_scores
+from kdcore.attention_capture import SelfAttentionCapture
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError
 from kdcore.distill import DistillMethod, option
@@ -31,7 +31,7 @@ from kdcore.modeling import encoder_layers
 from kdcore.objective import DistillObjective
 
 
-from .losses import attention_score_mse, attention_score_mse_original, hidden_mse, hidden_mse_original
+from .losses import attention_score_mse_from_qk, hidden_mse, hidden_mse_original
 
 logger = logging.getLogger("kd")
 
@@ -162,10 +162,9 @@ def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input
     if reduction not in LOSS_REDUCTIONS:
         raise ValueError(f"unknown loss reduction {reduction!r}; expected one of {LOSS_REDUCTIONS}")
     if reduction == "original":
-        hidden_loss, attention_loss = hidden_mse_original, attention_score_mse_original
+        hidden_loss = hidden_mse_original
     else:
         hidden_loss = lambda s, t: hidden_mse(s, t, attention_mask)  # noqa: E731
-        attention_loss = lambda s, t: attention_score_mse(s, t, attention_mask)  # noqa: E731
     inputs = encoder_inputs(input_ids, attention_mask, token_type_ids, output_hidden_states=True)
     parts = ("query", "key")
     student_layers = list(range(len(teacher_layers)))
@@ -176,11 +175,8 @@ def intermediate_layer_losses(teacher, student, fit_dense, teacher_layers, input
     embedding = hidden_loss(fit_dense(s_hidden[0]), t_hidden[0])
     # hidden_states[0] is the embedding output, so layer l's output is hidden_states[l + 1]
     hidden = sum(hidden_loss(fit_dense(s_hidden[s + 1]), t_hidden[t + 1]) for s, t in zip(student_layers, teacher_layers))
-    attention = sum(
-        attention_loss(
-            attention_scores(s_cap[s].query, s_cap[s].key, attention_mask),
-            attention_scores(t_cap[t].query, t_cap[t].key, attention_mask),
-        )
-        for s, t in zip(student_layers, teacher_layers)
-    )
+    # the score MSE straight from Q and K: no (B, H, T, T) map is formed or kept for backward
+    attention = sum(attention_score_mse_from_qk(s_cap[s].query, s_cap[s].key, t_cap[t].query, t_cap[t].key,
+                                                attention_mask, reduction)
+                    for s, t in zip(student_layers, teacher_layers))
     return {"loss": embedding + hidden + attention, "embedding": embedding, "hidden": hidden, "attention": attention}

@@ -65,6 +65,48 @@ def attention_score_mse(student_scores: torch.Tensor, teacher_scores: torch.Tens
     return diff.pow(2).sum() / num_pairs.clamp_min(1)
 
 
+def attention_score_mse_from_qk(student_query: torch.Tensor, student_key: torch.Tensor, teacher_query: torch.Tensor,
+                                teacher_key: torch.Tensor, attention_mask: torch.Tensor,
+                                reduction: str = "real_tokens") -> torch.Tensor:
+    """`attention_score_mse` ("real_tokens") or `attention_score_mse_original` ("original") of the raw scores
+    A = c Q K^T (c = 1/sqrt(d)), computed from the (B, H, T, d) queries and keys without forming any T x T map.
+
+    The pair mask of real (query, key) pairs is the outer product m_i m_j, so it folds into the operands:
+    Q~ = m * Q, K~ = m * K ("original" masks the keys only: padded queries count there). Then, per (b, h),
+
+        ||c_s Q~_s K~_s^T - c_t Q~_t K~_t^T||_F^2
+            = c_s^2 <G(Q~_s, Q~_s), G(K~_s, K~_s)> - 2 c_s c_t <G(Q~_s, Q~_t), G(K~_s, K~_t)>
+              + c_t^2 <G(Q~_t, Q~_t), G(K~_t, K~_t)>,          G(X, Y) = X^T Y (d x d),  <X, Y> = sum X * Y,
+
+    summed over (b, h) and divided by H * sum_b n_b^2 (real pairs) or by B * H * T * T ("original"). That is
+    O(T d^2) work and memory instead of O(T^2 d) and T^2 per head; autograd through the Gram matrices gives the
+    exact gradient (c_s (A_s - A_t) K~_s for the student's queries, and likewise for its keys). The Grams are
+    formed in float64, so the difference of the three terms keeps its digits. Equal to the map-based losses up
+    to rounding (tests/test_tinybert_losses.py); "original" differs only where a real score is at or below -100,
+    which TinyBERT's code would also have zeroed.
+    """
+    if student_query.shape[:3] != teacher_query.shape[:3]:
+        raise ValueError(f"attention shapes differ: student {tuple(student_query.shape)} vs teacher "
+                         f"{tuple(teacher_query.shape)} (TinyBERT's attention loss needs equal head counts)")
+    b, h, t = student_query.shape[:3]
+    m = attention_mask.to(torch.float64)[:, None, :, None]  # (B, 1, T, 1)
+    with torch.autocast(device_type=student_query.device.type, enabled=False):
+        qs, ks = student_query.double(), student_key.double() * m
+        qt, kt = teacher_query.double(), teacher_key.double() * m
+        if reduction == "original":
+            count = b * h * t * t
+        else:
+            qs, qt = qs * m, qt * m
+            count = h * attention_mask.to(torch.float64).sum(-1).pow(2).sum()
+        cs, ct = qs.size(-1) ** -0.5, qt.size(-1) ** -0.5
+
+        def inner(q1, q2, k1, k2):  # sum over (b, h) of <Q1^T Q2, K1^T K2>
+            return (q1.transpose(-1, -2) @ q2 * (k1.transpose(-1, -2) @ k2)).sum()
+
+        total = cs * cs * inner(qs, qs, ks, ks) - 2 * cs * ct * inner(qs, qt, ks, kt) + ct * ct * inner(qt, qt, kt, kt)
+        return (total / count).float()
+
+
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Prediction-layer loss: cross-entropy against the teacher's softened distribution.
 
