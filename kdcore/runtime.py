@@ -138,13 +138,16 @@ class Runtime:
         self.bf16 = bool(getattr(args, "bf16", False))
         if self.fp16 and self.bf16:
             raise UserError("--fp16 and --bf16 are exclusive: pick one")
-        if self.fp16 and self.device.type != "cuda":
+        # KD_FP16_ON_CPU=1 runs the fp16 path (float16 autocast + gradient scaler) on CPU: slow and of no use for
+        # training, but it lets the tests and `bench/gpu_check.py --dry` exercise that logic without a GPU.
+        fp16_on_cpu = os.environ.get("KD_FP16_ON_CPU") == "1"
+        if self.fp16 and self.device.type != "cuda" and not fp16_on_cpu:
             raise UserError(
                 "--fp16 needs a CUDA GPU (float16 autocast with loss scaling); this run is on CPU. "
                 "Use --bf16 for mixed precision on CPU, or drop --fp16."
             )
         self.amp_dtype = torch.float16 if self.fp16 else torch.bfloat16 if self.bf16 else None
-        self.scaler = torch.amp.GradScaler("cuda") if self.fp16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.fp16 else None
         set_seed(getattr(args, "seed", 42))
         if self.is_main:
             logger.info(

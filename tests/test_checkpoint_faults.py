@@ -158,3 +158,22 @@ def test_ctrl_c_prints_one_line_and_the_rerun_resumes(straight, tmp_path):
     assert ckpt == max(int(n.split("-")[1]) for n in os.listdir(out) if n.startswith("checkpoint-"))
     assert 4 <= ckpt <= step < 15
     _resume_and_compare(out, straight)
+
+
+def test_fp16_with_gradient_scaler_resumes_bit_identical(straight, tmp_path):
+    """The fp16 path (float16 autocast + GradScaler, the CUDA recipe) run on CPU: finite losses, the scaler's
+    state saved in each checkpoint, and a run resumed from a middle checkpoint ends bit-identical."""
+    env = {"KD_FP16_ON_CPU": "1"}
+    fp16 = tmp_path / "fp16_straight"
+    code, _, err = run_forked(TOY, ["--output_dir", str(fp16), *COMMON, "--fp16"], env=env)
+    assert code == 0, err[-3000:]
+    log = [json.loads(line) for line in open(fp16 / "train_log.jsonl")]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    state = json.loads((fp16 / "checkpoint-6" / "training_state.json").read_text())
+    assert state["scaler"] is not None and state["scaler"]["scale"] > 1  # the scaler ran and was saved
+    assert not _same_weights(fp16, straight)  # float16 autocast really ran: not the fp32 result
+    resumed = tmp_path / "fp16_resumed"
+    _copy_checkpoints(fp16, resumed, (2, 4, 6))
+    code, _, err = run_forked(TOY, ["--output_dir", str(resumed), *COMMON, "--fp16"], env=env)
+    assert code == 0, err[-3000:]
+    assert "resumed from" in err and _same_weights(resumed, fp16)
