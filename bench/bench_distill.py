@@ -28,7 +28,7 @@ in P and no attention term (L - 1 layers in 4 * L * T * h), i.e. the FLOPs the s
 
 Variants (--variants, before/after comparisons in one interleaved run): `current` is the toolkit as it is;
 `unfused_kl` swaps MiniLM's chunked KL with analytic gradient (minilm.losses.pairwise_row_kl) for the unchunked
-autograd reference (masked_row_kl over scaled_dot_logits), i.e. the losses as they were before issue 14;
+autograd reference (masked_row_kl over scaled_dot_logits), i.e. the loss as it was before it was chunked;
 `full_forward` runs the teacher and the student to their last layer's output, as before the capture stopped
 each forward at the Q/K/V it needs (MiniLM / MiniLMv2 only; the FLOPs counted stay the needed ones).
 

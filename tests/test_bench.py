@@ -149,3 +149,23 @@ def test_rusage_wrapper_keeps_the_exit_code(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run_with_rusage.py"), str(result), str(script)])
     data = json.load(open(result))
     assert r.returncode == 3 and data["exit_code"] == 3 and data["maxrss_self_MB"] >= 64
+
+
+def test_gpu_check_dry_run_walks_every_check_on_cpu(tmp_path):
+    """bench/gpu_check.py --dry: every method x fp32/bf16/fp16 through the real Runtime and Trainer (fp16 with its
+    gradient scaler), the torchrun kill-and-resume check and the throughput bench, on CPU, so the GPU check
+    cannot rot between the sessions that have a GPU."""
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "gpu_check.py"), "--dry", "--out", str(out)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.load(open(out))["rows"]
+    checks = [row["check"] for row in rows]
+    assert {f"{m} {p}" for m in ("tinybert", "minilm", "minilmv2") for p in ("fp32", "bf16", "fp16")} <= set(checks)
+    assert any(c.startswith("torchrun 1 process (gloo)") for c in checks) and all(row["ok"] for row in rows)
+    assert all(row["rel_to_fp32"] == 0 for row in rows if row["check"].endswith("fp32"))
+    # a GPU run without a GPU is refused in one line
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "gpu_check.py")], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "no CUDA device" in r.stderr
