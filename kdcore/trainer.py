@@ -129,6 +129,30 @@ def epoch_indices(num_examples: int, epoch: int, seed: int, rank: int, world_siz
     return rest[rank:total:world_size]
 
 
+def parameters_no_loss_reaches(model: nn.Module, batch: dict, rt: Runtime) -> list[str]:
+    """Names of the trainable parameters that one forward + backward of `batch` leaves without a gradient.
+
+    Which parameters a loss reaches is a fact of the model's structure, not of the data: an XLM-R-XL student's last
+    LayerNorms under MiniLM (its forward stops at the last Q/K/V), a DeBERTa-v2 student's pos_key_proj /
+    pos_query_proj (share_att_key=False) or the rel_embeddings of a 1-layer one. AdamW never changes them (they
+    get no gradient), but DDP would wait for their gradients forever ("Expected to have finished reduction"), so
+    the trainer tells DDP to leave them out. Gradients are cleared and the RNG states restored afterwards, so the
+    run is otherwise exactly what it would be without this probe.
+    """
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if rt.device.type == "cuda" else None
+    with rt.autocast():
+        loss = model(**batch)["loss"]
+    loss.backward()
+    unreached = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for p in model.parameters():
+        p.grad = None
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    return unreached
+
+
 @dataclass
 class TrainResult:
     global_step: int
@@ -258,10 +282,7 @@ class Trainer:
             note_resume_point(self.state.global_step, resume)
             if rt.is_main:
                 logger.info("resumed from %s (step %d)", resume, self.state.global_step)
-        if rt.distributed:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False
-            )
+        self._wrap_in_ddp = rt.distributed  # on the first micro-batch (wrap_in_ddp), once it is known what the loss reaches
         self.logger = JsonlLogger(args.output_dir, rt.is_main)
         if resume:
             self.logger.truncate_after(self.state.global_step)
@@ -291,10 +312,27 @@ class Trainer:
         )
         return loader, [len(b) for b in batches]
 
+    def wrap_in_ddp(self, batch: dict) -> None:
+        """Wrap the objective in DDP, leaving out the parameters no loss term reaches (found on the first batch)."""
+        rt = self.rt
+        unreached = parameters_no_loss_reaches(self.model, batch, rt)
+        if unreached:
+            if rt.is_main:
+                logger.info("%d parameter tensor(s) get no gradient from any loss term; DDP leaves them out: %s",
+                            len(unreached), ", ".join(unreached[:4]) + (", ..." if len(unreached) > 4 else ""))
+            # the public switch (find_unused_parameters=True) would search the graph at every step instead
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, unreached)
+        self.model = nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False
+        )
+        self._wrap_in_ddp = False
+
     def micro_step(self, batch: dict, window: int, is_step: bool) -> None:
         """Forward and backward of one micro-batch; the loss is divided by its accumulation window's length."""
         rt = self.rt
         batch = rt.batch_to_device(batch)
+        if self._wrap_in_ddp:
+            self.wrap_in_ddp(batch)
         sync = nullcontext() if (is_step or not rt.distributed) else self.model.no_sync()
         with sync:
             with rt.autocast():

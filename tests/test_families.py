@@ -206,3 +206,42 @@ def test_family_table_rules():
     assert teacher.layer_types == (["full_attention"] + 2 * ["sliding_attention"]) * 2 + ["full_attention"]
     with pytest.raises(UserError, match="model_type 'gpt2' is not a supported encoder family"):
         family_of(type("C", (), {"model_type": "gpt2"})())
+
+
+# ---- two gloo processes: students whose losses leave parameters without a gradient still train under DDP ----
+DDP_CASES = {
+    # family / config: (teacher config, method, student layers, what gets no gradient)
+    "xlm-roberta-xl": (lambda v: __import__("transformers").XLMRobertaXLConfig(
+        vocab_size=v, max_position_embeddings=70, pad_token_id=1, **SIZE), "minilm", 2, "the last LayerNorms"),
+    "deberta-v2 unshared keys, 1 layer": (lambda v: DebertaV2Config(
+        vocab_size=v, max_position_embeddings=64, relative_attention=True, position_buckets=8,
+        pos_att_type=["p2c", "c2p"], share_att_key=False, position_biased_input=False, type_vocab_size=0, **SIZE),
+        "minilmv2", 1, "pos_key_proj, pos_query_proj, rel_embeddings"),
+    "distilbert": (lambda v: _config("distilbert", v), "minilmv2", 2, "nothing"),
+    "modernbert": (lambda v: _config("modernbert", v), "minilmv2", 2, "nothing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DDP_CASES))
+def test_two_process_gloo_run_for_every_family(case, tmp_path, bert_tokenizer, wiki_data):
+    import subprocess
+
+    make_config, method, layers, _ = DDP_CASES[case]
+    torch.manual_seed(0)
+    teacher_dir, out = str(tmp_path / "teacher"), str(tmp_path / "out")
+    AutoModel.from_config(make_config(len(bert_tokenizer))).save_pretrained(teacher_dir)
+    bert_tokenizer.save_pretrained(teacher_dir)
+    student_config = tmp_path / "student.json"
+    student_config.write_text(json.dumps({"hidden_size": 48, "num_hidden_layers": layers, "num_attention_heads": 4,
+                                          "intermediate_size": 96}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29600 + sorted(DDP_CASES).index(case)), os.path.join(REPO, "general_distill.py"),
+           "--pregenerated_data", wiki_data, "--teacher_model", teacher_dir, "--student_model", str(student_config),
+           "--distill_method", method, "--output_dir", out, "--train_batch_size", "4", "--max_steps", "2",
+           "--learning_rate", "1e-3", "--warmup_proportion", "0", "--logging_steps", "1"]
+    cmd += ["--num_relation_heads", "4"] if method == "minilmv2" else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Expected to have finished reduction" not in proc.stderr
+    with open(os.path.join(out, "train_log.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2]

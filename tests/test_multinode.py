@@ -89,8 +89,9 @@ def test_resume_across_world_sizes_by_samples_consumed(tmp_path):
     pytest.importorskip("torch.distributed.run")
     out = tmp_path / "run"
     # 2 processes x 4 per batch: 5 steps per epoch of 36 examples; both SIGKILLed in step 5, after checkpoint-4
-    # (32 samples consumed)
-    _run(2, out, "a", 29541, kill_at_forward=5)
+    # (32 samples consumed). Under DDP the first forward is the trainer's probe of what the loss reaches, so the
+    # forward of step 5 is the 6th.
+    _run(2, out, "a", 29541, kill_at_forward=6)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     # 1 process: finishes epoch 0 with the 4 samples left (step 5), then 9 steps per epoch; killed in step 9
     err = _run(1, out, "b", 0, kill_at_forward=5)
