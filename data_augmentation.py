@@ -14,7 +14,7 @@ from tinybert.augmentation import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="data_augmentation.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="data_augmentation.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained_bert_model", required=True,
                    help="folder of a BERT saved WITH its masked-LM head (e.g. bert-base-uncased), and its tokenizer",
                    identifies=False)

@@ -19,7 +19,7 @@ from kdcore.families import add_model_type_arg
 from minilm.seq2seq_decode import run
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="decode_seq2seq.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="decode_seq2seq.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_type_arg(p)
     p.add_argument("--model_path", required=True, help="Checkpoint folder (or glob of folders) from run_seq2seq.py.",
                    identifies=False)

@@ -29,7 +29,7 @@ def packaged_teacher() -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default=os.path.join(HERE, "runs", "demo"), identifies=False)
     p.add_argument("--data_dir", default=os.environ.get("KD_SHARED_DATA", os.path.join(HERE, "..", "shared", "data")),
                    identifies=False)

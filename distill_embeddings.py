@@ -21,7 +21,7 @@ from minilm import embedding  # noqa: E402
 
 
 def build_parser():
-    return embedding.build_parser(prog="distill_embeddings.py")
+    return embedding.build_parser(script="distill_embeddings.py")
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ from minilm.nlg_metrics import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="eval_seq2seq.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="eval_seq2seq.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="xsum", choices=["xsum", "cnndm", "summarization", "qg"], identifies=False)
     p.add_argument("--pred", "--out_file", dest="pred", required=True, help="Predictions, one line per example.",
                    identifies=False)

@@ -21,7 +21,7 @@ DEFAULT_STS = os.path.join(os.environ.get("KD_SHARED_DATA", os.path.join(HERE, "
 
 
 def build_parser():
-    p = ArgumentParser(prog="eval_sts.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="eval_sts.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", required=True, help="a HF encoder folder (sentence-transformers folder or not)",
                    identifies=False)
     p.add_argument("--sts_file", default=DEFAULT_STS, help="GLUE STS-B layout (header, sentence1, sentence2, score)",

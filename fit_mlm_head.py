@@ -18,7 +18,7 @@ from tinybert.mlm_head import run_fit_mlm_head
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="fit_mlm_head.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="fit_mlm_head.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher_model", required=True, help="encoder folder (BERT family); its head, if any, is refit",
                    identifies=True)
     p.add_argument("--pregenerated_data", required=True,

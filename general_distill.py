@@ -16,7 +16,7 @@ METHODS = {m.name: m for m in (tinybert.METHOD, minilm_v1.METHOD, minilm_v2.METH
 
 
 def build_parser():
-    return distill.build_parser(METHODS, default_method="tinybert", prog="general_distill.py")
+    return distill.build_parser(METHODS, default_method="tinybert", script="general_distill.py")
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ from tinybert.masked_lm_instances import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="pregenerate_training_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="pregenerate_training_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train_corpus", required=True,
                    help="text file, folder of text files, or glob: documents separated by blank lines (and by the "
                         "end of a file); one sentence per line, or raw text", identifies=False)

@@ -16,7 +16,7 @@ from tinybert.classification import run_glue
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="run_glue.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="run_glue.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_type_arg(p)
     p.add_argument("--model_name_or_path", "--bert_model", required=True,
                    help="model folder, or a weights file with --config_name", identifies=True)

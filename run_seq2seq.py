@@ -19,7 +19,7 @@ from kdcore.runtime import add_runtime_args
 from minilm.seq2seq_train import run
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="run_seq2seq.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="run_seq2seq.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train_file", required=True, help="JSON lines with \"src\" and \"tgt\" (strings or token lists).",
                    identifies=True)
     p.add_argument("--cached_train_features_file", default=None,

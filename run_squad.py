@@ -18,7 +18,7 @@ from minilm.squad import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="run_squad.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(script="run_squad.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser, model_type_default="bert")
     g = parser.add_argument_group("data")
     g.add_argument("--data_dir", default=None, help="Folder of --train_file / --predict_file (optional).",

@@ -20,7 +20,7 @@ from minilm.xnli import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="run_xnli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(script="run_xnli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser, model_type_default="minilm")
     g = parser.add_argument_group("data")
     g.add_argument("--data_dir", required=True, help="Folder holding XNLI-1.0/ and XNLI-MT-1.0/.", identifies=True)

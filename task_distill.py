@@ -24,7 +24,7 @@ from tinybert.task_distill import run_task_distill
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="task_distill.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(script="task_distill.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", required=True, help="the task's folder with train.tsv / dev.tsv (/ train_aug.tsv)",
                    identifies=True)
     p.add_argument("--teacher_model", default=None, help="fine-tuned teacher folder (not needed with --do_eval)",

@@ -185,7 +185,13 @@ def declaring(add_argument):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser whose options (in groups too) carry the declarations `identifies=` and `range=`."""
+    """argparse's parser whose options (in groups too) carry the declarations `identifies=` and `range=`, and which
+    knows the script it belongs to (`script="run_glue.py"`: the model card's name for the run, whether the user
+    typed `python run_glue.py` or the installed `kd-run-glue`)."""
+
+    def __init__(self, *args, script: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.script = script
 
     def add_argument(self, *names, identifies=None, range=None, **kwargs):  # noqa: A002
         return _declare(super().add_argument(*names, **kwargs), identifies, range)
@@ -341,7 +347,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     check_outputs(args)
     note_new_output_dirs(args)
     # The run record behind the model cards of every folder this run saves (kdcore.model_card).
-    start_run(args, sys.argv[1:] if argv is None else list(argv), parser.prog)
+    start_run(args, sys.argv[1:] if argv is None else list(argv), getattr(parser, "script", None) or parser.prog)
     return args
 
 

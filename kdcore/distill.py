@@ -80,9 +80,9 @@ def _method_options(methods: dict[str, DistillMethod]) -> dict[str, tuple[Option
 
 
 def build_parser(methods: dict[str, DistillMethod], default_method: str | None = None,
-                 prog: str | None = None) -> argparse.ArgumentParser:
+                 script: str | None = None) -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        prog=prog, description="General distillation (" + " / ".join(methods) + ") of a teacher over data written by "
+        script=script, description="General distillation (" + " / ".join(methods) + ") of a teacher over data written by "
         "pregenerate_training_data.py.")
     parser.add_argument("--pregenerated_data", required=True,
                         help="Folder written by pregenerate_training_data.py: epochs (binary shards or epoch_N.json, with "

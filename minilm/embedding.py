@@ -105,8 +105,8 @@ class TextLines(torch.utils.data.Dataset):
         return pad_batch([i for i, _ in items], [t for _, t in items], self.pad_id)
 
 
-def build_parser(prog: str | None = None):
-    p = ArgumentParser(prog=prog, description="Embedding distillation of a sentence-embedding teacher (see "
+def build_parser(script: str | None = None):
+    p = ArgumentParser(script=script, description="Embedding distillation of a sentence-embedding teacher (see "
                                 "distill_embeddings.py).")
     p.add_argument("--teacher_model", required=True, help="teacher folder (a sentence-transformers folder or a HF one)",
                    identifies=True)

@@ -88,16 +88,14 @@ def test_build_student_follows_teacher_and_saves_loadable_folder(tmp_path, bert_
 
 def test_model_card_describes_only_folders_of_its_own_run(tmp_path, bert_tokenizer):
     """A run's record never leaks into a folder outside its --output_dir (e.g. another test's save)."""
-    import argparse
-
     from transformers import BertConfig, BertModel
 
-    from kdcore.cli import parse_args
+    from kdcore.cli import ArgumentParser, parse_args
     from kdcore.model_card import read_front_matter
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--teacher_model")
-    parser.add_argument("--output_dir")
+    parser = ArgumentParser(script="test_modeling.py")
+    parser.add_argument("--teacher_model", identifies=True)
+    parser.add_argument("--output_dir", identifies=False)
     parse_args(parser, ["--teacher_model", "T", "--output_dir", str(tmp_path / "run")])
     model = BertModel(BertConfig(vocab_size=len(bert_tokenizer), hidden_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, intermediate_size=64))
