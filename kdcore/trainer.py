@@ -282,7 +282,7 @@ class Trainer:
             note_resume_point(self.state.global_step, resume)
             if rt.is_main:
                 logger.info("resumed from %s (step %d)", resume, self.state.global_step)
-        self._wrap_in_ddp = rt.distributed  # on the first micro-batch (wrap_in_ddp), once it is known what the loss reaches
+        self._wrap_in_ddp = rt.distributed  # done on the first micro-batch (wrap_in_ddp)
         self.logger = JsonlLogger(args.output_dir, rt.is_main)
         if resume:
             self.logger.truncate_after(self.state.global_step)
