@@ -284,8 +284,8 @@ def write_heldout_split(data_dir: str, task: GlueTask, out_dir: str, heldout_fra
         text = "\n".join(lines) + "\n"
         path = os.path.join(out_dir, name)
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                if f.read() != text:
+            with open(path, "rb") as f:  # compared as bytes: whatever is there, it is the same split or not
+                if f.read() != text.encode("utf-8"):
                     raise UserError(f"{path}: exists with another split (other source, fraction or seed); "
                                     f"remove it or choose another folder")
             continue
