@@ -87,6 +87,7 @@ _INCIDENTAL_FILES = ("train_log.jsonl",)  # written from the first step on; of n
 
 
 def note_new_output_dirs(args: argparse.Namespace) -> None:
+    _NEW_OUTPUT_DIRS.clear()  # a process runs one script: only the folders of the run being parsed now count
     paths = [getattr(args, d, None) for d in OUTPUT_DIR_ARGS]
     paths += [os.path.dirname(os.path.abspath(f)) for f in (getattr(args, d, None) for d in OUTPUT_FILE_ARGS) if f]
     for path in filter(None, paths):
