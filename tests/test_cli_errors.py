@@ -63,3 +63,25 @@ def test_general_distill_bad_input(case, tmp_path, pregen, packaged_teacher, oth
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("general_distill.py: error: ") and needle in last, last
     assert not (out / "model.safetensors").exists()
+
+
+def test_a_failed_run_removes_only_the_output_folders_it_made_that_hold_nothing_of_value(tmp_path):
+    import argparse
+
+    from kdcore import cli
+
+    had = tmp_path / "had"
+    had.mkdir()
+    args = argparse.Namespace(output_dir=str(had), cache_dir=str(tmp_path / "new" / "cache"), output_file=None,
+                              output_json=None)
+    cli.note_new_output_dirs(args)
+    (tmp_path / "new" / "cache").mkdir(parents=True)
+    (tmp_path / "new" / "cache" / "train_log.jsonl").write_text("{}\n")  # a log alone is of no value
+    cli.remove_new_output_dirs_without_value()
+    assert had.is_dir() and not (tmp_path / "new").exists()  # the user's folder stays; the run's whole chain goes
+    args.cache_dir = str(tmp_path / "kept")
+    cli.note_new_output_dirs(args)
+    (tmp_path / "kept" / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "kept" / "checkpoint-2" / "model.safetensors").write_bytes(b"weights")
+    cli.remove_new_output_dirs_without_value()
+    assert (tmp_path / "kept" / "checkpoint-2" / "model.safetensors").is_file()  # a checkpoint is kept
