@@ -136,8 +136,11 @@ def _logged_steps(log) -> int:
 def test_ctrl_c_prints_one_line_and_the_rerun_resumes(straight, tmp_path):
     out = tmp_path / "interrupted"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # A shell that starts the tests in the background (`cmd &`) makes them ignore SIGINT, and a Python started that
+    # way installs no KeyboardInterrupt handler: give the run the default disposition, as a terminal would.
     proc = subprocess.Popen([sys.executable, TOY, "--output_dir", str(out), *COMMON, "--sleep_per_batch", "0.4"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Signal once step 5 is logged: checkpoint-4 is then complete and at least 10 batches (4 s) remain, however
     # loaded the machine is (the run's own progress is the clock, not a sleep here).
     deadline = time.time() + 240
