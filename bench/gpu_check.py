@@ -15,6 +15,7 @@
 Writes bench/results/gpu_check.json; exits 1 when a check fails. On CPU without --dry it refuses (nothing to check).
 fp16 on CPU (--dry) runs with KD_FP16_ON_CPU=1, which lets the Runtime take the fp16 path off CUDA.
 """
+import argparse
 import json
 import math
 import os
@@ -136,7 +137,7 @@ def check_throughput(tmp: str, dry: bool) -> dict:
 
 
 def main(argv=None):
-    p = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry", action="store_true", help="CPU, tiny shapes, a few steps", identifies=False)
     p.add_argument("--steps", type=int, default=None, help="steps per precision run (50; --dry: 4)",
                    identifies=False, range=">=1")

@@ -17,6 +17,7 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import sys
 from typing import Callable, Sequence
 
@@ -109,8 +110,6 @@ def _holds_value(folder: str) -> bool:
 
 
 def remove_new_output_dirs_without_value() -> None:
-    import shutil
-
     for folder in _NEW_OUTPUT_DIRS:
         if os.path.isdir(folder) and not _holds_value(folder):
             shutil.rmtree(folder, ignore_errors=True)
@@ -233,7 +232,8 @@ def _describe(rule) -> str:
     return text
 
 
-def _in_range(value, rule) -> bool:
+def in_range(value, rule) -> bool:
+    """Whether `value` satisfies a rule of `parse_range` (its interval or one of its extra values)."""
     low, low_in, high, high_in, extra = rule
     if value in extra:
         return True
@@ -249,7 +249,7 @@ def _ranged(convert, dest: str, rule):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if dest == "teacher_layer" and value == 0:
             raise argparse.ArgumentTypeError("layers count from 1 (or -1 for the last), got 0")
-        if rule is not None and not _in_range(value, rule):
+        if rule is not None and not in_range(value, rule):
             raise argparse.ArgumentTypeError(f"must be {_describe(rule)}, got {text}")
         return value
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModel, DebertaV2Config, DistilBertConfig, ModernBertConfig
+from transformers import AutoModel, DebertaV2Config, DistilBertConfig, ModernBertConfig, XLMRobertaXLConfig
 
 from conftest import REPO
 from kdcore.attention_capture import SelfAttentionCapture
@@ -211,7 +211,7 @@ def test_family_table_rules():
 # ---- two gloo processes: students whose losses leave parameters without a gradient still train under DDP ----
 DDP_CASES = {
     # family / config: (teacher config, method, student layers, what gets no gradient)
-    "xlm-roberta-xl": (lambda v: __import__("transformers").XLMRobertaXLConfig(
+    "xlm-roberta-xl": (lambda v: XLMRobertaXLConfig(
         vocab_size=v, max_position_embeddings=70, pad_token_id=1, **SIZE), "minilm", 2, "the last LayerNorms"),
     "deberta-v2 unshared keys, 1 layer": (lambda v: DebertaV2Config(
         vocab_size=v, max_position_embeddings=64, relative_attention=True, position_buckets=8,

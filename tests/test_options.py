@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from kdcore.checkpoint import run_identity
-from kdcore.cli import ArgumentParser, UserError, parse_args, parse_range
+from kdcore.cli import ArgumentParser, UserError, in_range, parse_args, parse_range
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "*.py")))
@@ -167,7 +167,7 @@ def changed_value(action: argparse.Action, current) -> list[str] | None:
     if action.type in (int, float):
         rule = action.range_rule
         for candidate in (2, 3, 1, 0, 0.5, 0.25, 0.9, 7, 100):
-            if candidate != current and _within(candidate, rule) and action.type(candidate) == candidate:
+            if candidate != current and in_range(candidate, rule) and action.type(candidate) == candidate:
                 return [flag, str(candidate)]
         return None
     for candidate in ("1,2", "2", "changed"):
@@ -178,11 +178,6 @@ def changed_value(action: argparse.Action, current) -> list[str] | None:
         if value != current and [value] != current:
             return [flag, candidate]
     return None
-
-
-def _within(value, rule) -> bool:
-    low, low_in, high, high_in, extra = rule
-    return value in extra or ((value >= low if low_in else value > low) and (value <= high if high_in else value < high))
 
 
 @pytest.mark.parametrize("script", TRAINING_SCRIPTS)

@@ -89,7 +89,8 @@ def attention_score_mse_from_qk(student_query: torch.Tensor, student_key: torch.
         raise ValueError(f"attention shapes differ: student {tuple(student_query.shape)} vs teacher "
                          f"{tuple(teacher_query.shape)} (TinyBERT's attention loss needs equal head counts)")
     b, h, t = student_query.shape[:3]
-    m = attention_mask.to(torch.float64)[:, None, :, None]  # (B, 1, T, 1)
+    real = attention_mask.to(torch.float64)  # (B, T)
+    m = real[:, None, :, None]  # (B, 1, T, 1)
     with torch.autocast(device_type=student_query.device.type, enabled=False):
         qs, ks = student_query.double(), student_key.double() * m
         qt, kt = teacher_query.double(), teacher_key.double() * m
@@ -97,7 +98,7 @@ def attention_score_mse_from_qk(student_query: torch.Tensor, student_key: torch.
             count = b * h * t * t
         else:
             qs, qt = qs * m, qt * m
-            count = h * attention_mask.to(torch.float64).sum(-1).pow(2).sum()
+            count = h * real.sum(-1).pow(2).sum()
         cs, ct = qs.size(-1) ** -0.5, qt.size(-1) ** -0.5
 
         def inner(q1, q2, k1, k2):  # sum over (b, h) of <Q1^T Q2, K1^T K2>
