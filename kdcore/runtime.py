@@ -9,6 +9,7 @@ The loop itself is kdcore.trainer; checkpoints are kdcore.checkpoint.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import logging
 import os
@@ -124,6 +125,10 @@ class Runtime:
                     raise UserError(f"--ddp_timeout must be a positive number of seconds, got {timeout}")
                 dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                         timeout=datetime.timedelta(seconds=timeout) if timeout else None)
+                # Left to the interpreter's shutdown, the process group's threads can be torn down while still
+                # running, which aborts the process ("terminate called without an active exception") after a
+                # run that succeeded. Closing it at exit, before that teardown, gives a clean exit code.
+                atexit.register(_close_process_group)
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         else:
             self.rank, self.world_size = 0, 1
@@ -170,6 +175,11 @@ class Runtime:
         if isinstance(batch, torch.Tensor):
             return batch.to(self.device, non_blocking=True)
         return batch
+
+
+def _close_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def set_seed(seed: int) -> None:
