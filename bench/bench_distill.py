@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     apply_preset, bench_parser, bf16_is_native, machine_info, matmul_flops_per_s, median, report, timed)
 
-from general_distill import METHODS  # noqa: E402
+from pipelines.scripts.general_distill import METHODS  # noqa: E402
 from kdcore import distill  # noqa: E402
 from kdcore.families import family_of, get_path  # noqa: E402
 from kdcore.modeling import encoder_layers  # noqa: E402

@@ -14,12 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from kdcore.cli import ArgumentParser  # noqa: E402
-from kdcore.files import atomic_write_json  # noqa: E402
-
-
-def default_data_dir() -> str:
-    """The real data folder: $KD_SHARED_DATA, else ../shared/data relative to the repository root."""
-    return os.environ.get("KD_SHARED_DATA") or os.path.join(os.path.dirname(REPO), "shared", "data")
+from kdcore.files import atomic_write_json, default_data_dir  # noqa: E402
 
 
 def bench_parser(doc: str, preset_helps: dict, data_dir: bool = False):

@@ -32,7 +32,7 @@ sys.path.insert(0, BENCH)
 from bench_distill import SIZES, bert  # noqa: E402
 from common import machine_info, report  # noqa: E402
 
-from general_distill import METHODS  # noqa: E402
+from pipelines.scripts.general_distill import METHODS  # noqa: E402
 from kdcore import distill  # noqa: E402
 from kdcore.cli import ArgumentParser  # noqa: E402
 from kdcore.runtime import Runtime, set_seed  # noqa: E402

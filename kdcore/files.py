@@ -22,6 +22,13 @@ from typing import Iterator
 from .errors import UserError
 
 
+def default_data_dir() -> str:
+    """The real data folder: $KD_SHARED_DATA, else `shared/data` beside the checkout (../shared/data from its root).
+    An installed package has no checkout around it: there, set KD_SHARED_DATA or pass the data options."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get("KD_SHARED_DATA") or os.path.join(os.path.dirname(checkout), "shared", "data")
+
+
 def iter_text_lines(path: str, argname: str) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its line break) for every line of a UTF-8 text file.
 

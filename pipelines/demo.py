@@ -43,17 +43,18 @@ from dataclasses import dataclass
 import torch
 
 from kdcore.cli import UserError, ensure_writable_dir
-from kdcore.files import atomic_write_json, atomic_write_text
+from kdcore.files import atomic_write_json, atomic_write_text, sha256_file
 from kdcore.sentence_embeddings import folder_sts_spearman, read_sts, write_sentence_transformers_files
 from pipelines.general_comparison import DemoStages, corpus_files, run_general_comparison
 from pipelines.reporting import format_stat, mean_spread, plot_loss_curves
+from pipelines.scripts import SCRIPT_MODULES
 from kdcore.modeling import _read_config, build_student, load_teacher, load_tokenizer, save_model
 from kdcore.student_init import init_from_teacher_layers, parse_layer_list
 from tinybert.classification import evaluate, glue_collate, load_classifier, read_folder_config
 from tinybert.glue import encode, get_task, label_order, load_split, write_heldout_split
 
 logger = logging.getLogger("kd.demo")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding this package
 
 
 @dataclass
@@ -94,16 +95,19 @@ _TIMES_LOCK = threading.Lock()
 
 def _run(stage: str, script: str, args: list[str], log_dir: str, times: dict | None = None,
          threads: int | None = None) -> None:
-    """Run one toolkit script as a child process (log in LOG_DIR/STAGE.log); `threads` caps its CPU threads."""
-    cmd = [sys.executable, os.path.join(REPO, script), *map(str, args)]
+    """Run one toolkit script (`run_glue.py`, ...) as a child process, `python -m` its module so that it runs the
+    same code as this process, in a checkout or installed (log in LOG_DIR/STAGE.log); `threads` caps its CPU
+    threads."""
+    cmd = [sys.executable, "-m", SCRIPT_MODULES[script.removesuffix(".py")], *map(str, args)]
     log_path = os.path.join(log_dir, f"{stage}.log")
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGES_ROOT, env.get("PYTHONPATH")) if p)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     logger.info("[%s] %s", stage, " ".join(cmd[1:]))
     t = time.time()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
@@ -133,14 +137,23 @@ def check_stage_record(folder: str, stage: str, argv: list) -> None:
     if not os.path.isfile(path):
         return
     made_with, now = _read_json(path)["argv"], [str(a) for a in argv]
-    if made_with == now:
+    if len(made_with) == len(now) and all(map(_same_argument, made_with, now)):
         return
-    i = next((i for i, (a, b) in enumerate(zip(made_with, now)) if a != b), min(len(made_with), len(now)))
+    i = next((i for i, (a, b) in enumerate(zip(made_with, now)) if not _same_argument(a, b)),
+             min(len(made_with), len(now)))
     option = next((a for a in reversed(now[:i + 1]) if a.startswith("--")), "an argument")
     was = made_with[i] if i < len(made_with) else "(absent)"
     is_now = now[i] if i < len(now) else "(absent)"
     raise UserError(f"demo stage {stage!r}: {folder} was made with {option} {was}, this run asks for {is_now}; "
                     f"use another --output_dir or delete that folder")
+
+
+def _same_argument(was: str, now: str) -> bool:
+    """The same value, the same place written another way (`a/../b` and `b`), or the same file's bytes at another
+    place (the shipped student config of another checkout or an installed copy)."""
+    if was == now or (os.path.isabs(was) and os.path.realpath(was) == os.path.realpath(now)):
+        return True
+    return os.path.isfile(was) and os.path.isfile(now) and sha256_file(was) == sha256_file(now)
 
 
 def write_stage_record(folder: str, stage: str, script: str, argv: list) -> None:
@@ -326,8 +339,9 @@ def run_demo(args) -> dict:
         scale.teacher_epochs = args.teacher_epochs
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: need at least 1")
-    out = ensure_writable_dir(args.output_dir)
-    data, teacher = args.data_dir, args.teacher_model
+    # Absolute paths: the stages' model cards record where their inputs were, findable from any folder.
+    out = os.path.abspath(ensure_writable_dir(args.output_dir))
+    data, teacher = os.path.abspath(args.data_dir), args.teacher_model and os.path.abspath(args.teacher_model)
     sst2 = os.path.join(data, "glue", "SST-2")
     sts_file = os.path.join(data, "glue", "STS-B", "dev.tsv")
     corpus = [os.path.join(data, "corpus", c) for c in args.corpus]

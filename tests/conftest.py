@@ -1,6 +1,11 @@
 """Shared fixtures: real data paths, the packaged real teacher, tiny random models saved as HF folders."""
+import glob
 import os
+import shutil
+import subprocess
 import sys
+import sysconfig
+import tomllib
 
 # Tiny models run fastest on one thread, and on a shared 2-core machine a second OpenMP thread that spins
 # while the other core is busy makes some tests 30x slower. Set before torch is imported; subprocesses inherit it.
@@ -64,3 +69,48 @@ def bert_tokenizer(packaged_teacher):
 def tiny_bert_dir(tmp_path_factory, bert_tokenizer):
     """A tiny random BERT (2 x 32, 4 heads) with the packaged teacher's real uncased vocabulary."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_bert"), tokenizer=bert_tokenizer)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The package as a user installs it
+# --------------------------------------------------------------------------------------------------------------
+def pyproject() -> dict:
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def package_names() -> list[str]:
+    return [pattern.rstrip("*") for pattern in pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]]
+
+
+def _copy_package_sources(dest: str) -> None:
+    os.makedirs(dest)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), dest)
+    for package in package_names():
+        shutil.copytree(os.path.join(REPO, package), os.path.join(dest, package),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+
+
+@pytest.fixture(scope="session")
+def installed_package(tmp_path_factory):
+    """(bin folder, environment, site-packages) of a fresh venv with the toolkit's wheel installed, not editable."""
+    root = tmp_path_factory.mktemp("wheel")
+    src, dist, venv = str(root / "src"), str(root / "dist"), str(root / "venv")
+    _copy_package_sources(src)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_CONSTRAINT", "PIP_REQUIRE_VIRTUALENV")}
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "--quiet", "--wheel-dir", dist, src], capture_output=True, text=True, env=env)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = glob.glob(os.path.join(dist, "*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    vpy = os.path.join(venv, "bin", "python")
+    site = subprocess.run([vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    with open(os.path.join(site, "_test_env.pth"), "w") as f:
+        f.write("\n".join(sorted(outer)) + "\n")
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", vpy, "install", "--no-deps", "--no-index",
+                              "--quiet", wheel], capture_output=True, text=True, env=env)
+    assert install.returncode == 0, install.stdout + install.stderr
+    return os.path.join(venv, "bin"), env, site, wheel

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import pregenerate_training_data as script
+from tinybert.scripts import pregenerate_training_data as script
 from kdcore.cli import UserError
 from kdcore.shards import ShardedRows, ShardWriter, token_dtype
 from kdcore.pregenerated_data import PackedBlocks, PregeneratedTrainingData, is_packed
@@ -125,7 +125,7 @@ def test_minilmv2_distils_from_packed_sequences(tmp_path, packaged_teacher, shar
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import general_distill
+    from pipelines.scripts import general_distill
 
     corpus = tmp_path / "wiki_slice.txt"
     with open(os.path.join(shared_data, "corpus", "wiki.txt"), encoding="utf-8") as f:

@@ -2,7 +2,6 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,11 +10,14 @@ from safetensors.torch import load_file
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_demo_smoke_runs_every_stage(tmp_path, shared_data):
-    out = tmp_path / "demo"
-    env = dict(os.environ)
-    r = subprocess.run([sys.executable, os.path.join(REPO, "demo.py"), "--scale", "smoke", "--output_dir", str(out),
-                        "--data_dir", shared_data, "--ablation", "--augment", "2", "--jobs", "2", "--general"], env=env,
+def test_demo_smoke_runs_every_stage(installed_package, tmp_path, shared_data):
+    """As a user who installed the wheel runs it: `kd-demo` in a folder outside the checkout, with its defaults for
+    the output (runs/demo there), the student config (shipped in the package) and the teacher; the data found
+    through KD_SHARED_DATA."""
+    bindir, env, _, _ = installed_package
+    out = tmp_path / "runs" / "demo"
+    r = subprocess.run([os.path.join(bindir, "kd-demo"), "--scale", "smoke", "--ablation", "--augment", "2",
+                        "--jobs", "2", "--general"], env={**env, "KD_SHARED_DATA": shared_data}, cwd=str(tmp_path),
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.load(open(out / "results.json"))
@@ -129,7 +131,7 @@ def test_rows_report_mean_and_spread_over_seeds():
 
 def test_recipe_file_is_the_demo_default():
     """configs/recipes/sst2_demo.yaml parses with demo.py's arguments and holds exactly its defaults."""
-    import demo
+    from pipelines.scripts import demo
     from kdcore.cli import parse_args
 
     recipe = os.path.join(REPO, "configs", "recipes", "sst2_demo.yaml")
@@ -151,3 +153,12 @@ def test_a_finished_stage_is_reused_only_with_the_arguments_it_was_made_with(tmp
         check_stage_record(folder, "s", ["--learning_rate", 2e-4, "--seed", 42])
     with pytest.raises(UserError, match=r"made with --fp16 \(absent\), this run asks for --fp16"):
         check_stage_record(folder, "s", ["--learning_rate", 1e-4, "--seed", 42, "--fp16"])
+    # a path written another way, or another copy of the same file, is the same input; another file's bytes are not
+    a, b, c = tmp_path / "a", tmp_path / "copy" / "a", tmp_path / "c"
+    b.parent.mkdir()
+    a.write_text("{}"), b.write_text("{}"), c.write_text("[]")
+    write_stage_record(folder, "t", "run_glue.py", ["--config", str(a)])
+    check_stage_record(folder, "t", ["--config", str(tmp_path / "copy" / ".." / "a")])
+    check_stage_record(folder, "t", ["--config", str(b)])
+    with pytest.raises(UserError, match=r"made with --config .*/a, this run asks for .*/c"):
+        check_stage_record(folder, "t", ["--config", str(c)])

@@ -21,7 +21,7 @@ from test_minilm_losses import slow_relation_kl
 from tinybert.intermediate import TinyBertIntermediateObjective
 
 sys.path.insert(0, REPO)
-import general_distill  # noqa: E402
+from pipelines.scripts import general_distill  # noqa: E402
 
 SIZE = dict(hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96)
 

@@ -184,7 +184,7 @@ def wiki_data(tmp_path_factory, bert_tokenizer, shared_data):
 
 def _run(argv):
     sys.path.insert(0, REPO)
-    import general_distill
+    from pipelines.scripts import general_distill
 
     return general_distill.main(argv)
 
@@ -251,7 +251,7 @@ def _check_model_card(out, teacher, data, method, terms):
     assert item["sha256"] == digest.hexdigest() and item["bytes"] == sum(
         os.path.getsize(os.path.join(data, n)) for n in os.listdir(data))
     # the recorded command parses back to the same arguments
-    import general_distill
+    from pipelines.scripts import general_distill
 
     again = vars(general_distill.build_parser().parse_args(facts["command"][1:]))
     assert {k: v for k, v in again.items() if k != "config"} == {
@@ -311,7 +311,7 @@ def test_recipes_parse_with_the_script_arguments(tmp_path):
     import glob
 
     sys.path.insert(0, REPO)
-    from general_distill import build_parser
+    from pipelines.scripts.general_distill import build_parser
 
     recipes = sorted(glob.glob(os.path.join(REPO, "configs", "recipes", "*_general_*.yaml")))
     assert len(recipes) >= 4

@@ -1,9 +1,13 @@
 """The layout a newcomer reads: the README's layout table names every module of the packages (and every path it
-names exists), and every script has one shape: build_parser() + a main() that calls one package function."""
+names exists), and every script's module has one shape: build_parser() + a main() that calls one package function +
+command(), the console entry point."""
+import glob
 import os
 import re
 
 from conftest import REPO
+
+from pipelines.scripts import SCRIPT_MODULES
 
 PACKAGES = ("kdcore", "tinybert", "minilm", "pipelines")
 
@@ -12,34 +16,45 @@ def _layout_paths():
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         text = f.read()
     table = text.split("## Layout", 1)[1].split("\n\n", 2)[2].split("\n\n", 1)[0]
-    return {p for row in table.splitlines() for p in re.findall(r"`([^`* ]+)`", row.split("|")[1])}
+    return {p for row in table.splitlines() for p in re.findall(r"`([^` ]+)`", row.split("|")[1])}
+
+
+def _package_files() -> list[str]:
+    """Every .py file of the packages, subpackages included, relative to the checkout."""
+    files = []
+    for pkg in PACKAGES:
+        for root, dirs, names in os.walk(os.path.join(REPO, pkg)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            files += [os.path.relpath(os.path.join(root, f), REPO) for f in sorted(names) if f.endswith(".py")]
+    return files
 
 
 def test_every_package_module_is_in_the_layout_table():
     named = _layout_paths()
-    modules = {f"{pkg}/{f}" for pkg in PACKAGES for f in os.listdir(os.path.join(REPO, pkg))
-               if f.endswith(".py") and f != "__init__.py"}
-    assert sorted(modules - named) == []
+    globs = {p[:-len("*.py")] for p in named if p.endswith("/*.py")}  # `tinybert/scripts/*.py` names a folder's modules
+    modules = {f for f in _package_files() if not f.endswith("__init__.py")}
+    assert sorted(f for f in modules - named if os.path.dirname(f) + "/" not in globs) == []
 
 
 def test_every_path_in_the_layout_table_exists():
     named = _layout_paths()
     assert named
-    assert sorted(p for p in named if not os.path.exists(os.path.join(REPO, p.rstrip("/")))) == []
+    assert sorted(p for p in named if not glob.glob(os.path.join(REPO, p.rstrip("/")))) == []
 
 
 def _scripts():
+    """The root shims, by file name."""
     return sorted(f for f in os.listdir(REPO) if f.endswith(".py"))
 
 
 def test_every_script_is_build_parser_and_a_main_that_calls_one_package_function():
     import ast
 
-    for script in _scripts():
-        with open(os.path.join(REPO, script), encoding="utf-8") as f:
+    for script, module in SCRIPT_MODULES.items():
+        with open(os.path.join(REPO, *module.split(".")) + ".py", encoding="utf-8") as f:
             tree = ast.parse(f.read())
         functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
-        assert {"build_parser", "main"} <= set(functions), script
+        assert {"build_parser", "main", "command"} <= set(functions), script
         body = [n for n in functions["main"].body if not isinstance(n, (ast.Import, ast.ImportFrom))]
         assert len(body) == 1 and isinstance(body[0], ast.Return), f"{script}: main() does more than one call"
         calls = [n for n in ast.walk(body[0]) if isinstance(n, ast.Call)]
@@ -54,10 +69,8 @@ def test_imports_flow_one_way_scripts_then_method_packages_then_kdcore():
                  "minilm": {"tinybert", "pipelines"}}
     wrong = []
     for package, others in forbidden.items():
-        for name in os.listdir(os.path.join(REPO, package)):
-            if not name.endswith(".py"):
-                continue
-            with open(os.path.join(REPO, package, name), encoding="utf-8") as f:
+        for name in (f for f in _package_files() if f.startswith(package + "/")):
+            with open(os.path.join(REPO, name), encoding="utf-8") as f:
                 tree = ast.parse(f.read())
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -66,7 +79,7 @@ def test_imports_flow_one_way_scripts_then_method_packages_then_kdcore():
                     modules = [a.name for a in node.names]
                 else:
                     continue
-                wrong += [f"{package}/{name} imports {m}" for m in modules if m.split(".")[0] in others]
+                wrong += [f"{name} imports {m}" for m in modules if m.split(".")[0] in others]
     assert wrong == []
 
 
@@ -112,9 +125,7 @@ def test_the_core_has_no_import_circle():
 
 def test_project_imports_sit_at_the_top_of_their_module():
     inside = []
-    files = [os.path.join(REPO, f) for f in _scripts()]
-    files += [os.path.join(REPO, pkg, f) for pkg in PACKAGES for f in os.listdir(os.path.join(REPO, pkg))
-              if f.endswith(".py")]
+    files = [os.path.join(REPO, f) for f in _scripts() + _package_files()]
     for path in files:
         inside += [f"{os.path.relpath(path, REPO)}: {t}" for t, top in _project_imports(path) if not top]
     assert inside == []

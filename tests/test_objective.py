@@ -19,7 +19,7 @@ from pregenerated_writer import real_paragraphs, write_pregenerated
 from tinybert.intermediate import TinyBertIntermediateObjective
 
 sys.path.insert(0, REPO)
-import general_distill  # noqa: E402
+from pipelines.scripts import general_distill  # noqa: E402
 
 
 @pytest.fixture(scope="module")

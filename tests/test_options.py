@@ -14,9 +14,10 @@ import pytest
 
 from kdcore.checkpoint import run_identity
 from kdcore.cli import ArgumentParser, UserError, in_range, parse_args, parse_range
+from pipelines.scripts import SCRIPT_MODULES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "*.py")))
+SCRIPTS = sorted(SCRIPT_MODULES)  # every script, by the name of its root shim
 BENCHES = sorted("bench." + os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "bench", "*.py"))
                  if not p.endswith(("common.py", "__init__.py", "run_with_rusage.py")))  # a wrapper, no options
 
@@ -53,7 +54,7 @@ def parsers():
 
     try:
         for name in SCRIPTS + BENCHES:
-            module = importlib.import_module(name)
+            module = importlib.import_module(SCRIPT_MODULES.get(name, name))
             if hasattr(module, "build_parser"):
                 yield name, module.build_parser()
             elif hasattr(module, "main"):
@@ -190,7 +191,7 @@ def test_resume_with_any_identifying_option_changed_is_refused(script, toy_check
     out = tmp_path / "out"
     placeholders = defaultdict(lambda: str(tmp_path / "input"), out=str(out))
     base = BASE[f"{script}.py"].format_map(placeholders).split() + ["--max_steps", "1"]
-    module = importlib.import_module(script)
+    module = importlib.import_module(SCRIPT_MODULES[script])
     args = parse_args(module.build_parser(), base)
     # The toy run's checkpoint, recorded as made by this script with the base arguments.
     checkpoint = out / toy_checkpoint.name

@@ -117,7 +117,7 @@ def test_reads_what_pregenerate_training_data_writes(tmp_path, packaged_teacher,
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import pregenerate_training_data
+    from tinybert.scripts import pregenerate_training_data
 
     corpus = tmp_path / "wiki_slice.txt"
     with open(os.path.join(shared_data, "corpus", "wiki.txt"), encoding="utf-8") as f:

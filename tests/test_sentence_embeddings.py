@@ -51,7 +51,7 @@ def test_distilled_student_is_a_sentence_transformers_folder(tmp_path, packaged_
     """distill_embeddings.py from the real teacher: the output loads with SentenceTransformer, with the teacher's
     pooling and normalisation, and its embeddings equal the toolkit's own pooled ones; the STS numbers are the
     Spearman of cosine vs gold."""
-    import distill_embeddings
+    from minilm.scripts import distill_embeddings
     from sentence_transformers import SentenceTransformer
 
     from kdcore.modeling import load_model, load_tokenizer
@@ -85,7 +85,7 @@ def test_distilled_student_is_a_sentence_transformers_folder(tmp_path, packaged_
 
 
 def test_eval_sts_script_and_width_error(tmp_path, packaged_teacher, shared_data, capsys):
-    import eval_sts
+    from minilm.scripts import eval_sts
 
     from minilm.embedding import EmbeddingDistillObjective
 

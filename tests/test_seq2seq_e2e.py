@@ -13,9 +13,9 @@ import torch
 from conftest import REPO, make_tiny_model_dir
 from kdcore.cli import UserError
 
-import decode_seq2seq
-import eval_seq2seq
-import run_seq2seq
+from minilm.scripts import decode_seq2seq
+from minilm.scripts import eval_seq2seq
+from minilm.scripts import run_seq2seq
 
 SRC_LEN, TGT_LEN = 64, 24
 

@@ -20,7 +20,7 @@ from minilm.squad import (
 from minilm.squad_metrics import evaluate_v1, evaluate_v2
 from spm_tokenizer import build_spm_tokenizer_dir
 
-import run_squad
+from minilm.scripts import run_squad
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ def test_width_mismatch_is_one_clear_error():
 def test_general_distill_from_teacher_layers_records_the_source(tmp_path, bert_tokenizer, shared_data):
     """general_distill.py --student_init teacher_layers: the output starts from the teacher's layers (its
     config says so), also for TinyBERT with depths that do not divide (4 -> 3, nearest uniform map)."""
-    import general_distill
+    from pipelines.scripts import general_distill
     from pregenerated_writer import real_paragraphs, write_pregenerated
     from safetensors.torch import load_file
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import REPO, make_tiny_model_dir
 
-import run_glue
-import task_distill
+from tinybert.scripts import run_glue
+from tinybert.scripts import task_distill
 from kdcore.cli import UserError
 from kdcore.logit_cache import cached_teacher_logits
 from tinybert.classification import glue_collate

@@ -104,7 +104,7 @@ def test_fit_mlm_head_trains_only_the_head_and_its_output_feeds_augmentation(tmp
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    import fit_mlm_head
+    from tinybert.scripts import fit_mlm_head
     from tinybert.augmentation import load_masked_lm
     from tinybert.packed_sequences import pregenerate_packed
 

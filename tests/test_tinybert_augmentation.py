@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import data_augmentation as script
+from tinybert.scripts import data_augmentation as script
 from kdcore.cli import UserError
 from tinybert.augmentation import STOP_WORDS, DataAugmentor, load_glove, load_masked_lm, masked_lm_top_tokens
 from tinybert.glue import get_task, read_examples, read_tsv

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import pregenerate_training_data as script
+from tinybert.scripts import pregenerate_training_data as script
 from kdcore.cli import UserError
 from tinybert.corpus import detect_corpus_format, iter_documents, split_sentences
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import make_tiny_model_dir
 
-import run_glue
-import task_distill
+from tinybert.scripts import run_glue
+from tinybert.scripts import task_distill
 from kdcore.cli import UserError
 from tinybert.glue import get_task
 from tinybert.intermediate import TinyBertIntermediateObjective

@@ -13,7 +13,7 @@ from minilm.xnli import (LABELS, NliExamples, accuracy_by_language, read_eval_fi
                          select_checkpoint)
 from spm_tokenizer import build_spm_tokenizer_dir
 
-import run_xnli
+from minilm.scripts import run_xnli
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,2 @@
+"""The code of TinyBERT's commands: one module per script, each with `build_parser()`, `main(argv)` and `command()`
+(the console entry point). The repository root keeps a shim of each so `python SCRIPT.py` runs unchanged."""
