@@ -2,7 +2,7 @@
 
 One step is what the training runtime does per optimizer step: the real objective's forward under autocast (frozen
 teacher without gradients + student), backward, global-norm clipping (1.0), AdamW step, zero_grad. Methods: every
-row of `general_distill.METHODS`, each objective built by the row itself from the options a run of
+row of the method table (`pipelines/methods.py`), each objective built by the row itself from the options a run of
 general_distill.py gets by default (so a new method is benchmarked with no change here): `tinybert`
 (embeddings, every hidden state and attention score map), `minilm` (attention + value relation) and `minilmv2`
 (Q-Q/K-K/V-V relations of the last layers, 48 relation heads).
@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     apply_preset, bench_parser, bf16_is_native, machine_info, matmul_flops_per_s, median, report, timed)
 
-from pipelines.scripts.general_distill import METHODS  # noqa: E402
+from pipelines.methods import METHODS  # noqa: E402
 from kdcore import distill  # noqa: E402
 from kdcore.families import family_of, get_path  # noqa: E402
 from kdcore.modeling import encoder_layers  # noqa: E402
@@ -76,6 +76,14 @@ def bert(layers, hidden, heads, intermediate, vocab, seq_len):
     config = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                         intermediate_size=intermediate, vocab_size=vocab, max_position_embeddings=max(512, seq_len))
     return BertModel(config)
+
+
+def student_sizes(method: str, sizes: dict) -> tuple:
+    """The student's (layers, hidden, heads, intermediate, vocab) for `method`: the teacher's width where the
+    method compares hidden states directly (the embedding row), the bench's student otherwise."""
+    if METHODS[method].needs_teacher_width:
+        return (sizes["student"][0], *sizes["teacher"][1:])
+    return sizes["student"]
 
 
 def linear_weights(modules) -> int:
@@ -110,7 +118,7 @@ def build_objective(method: str, teacher, sizes: dict, seq_len: int):
     args = distill.build_parser(METHODS).parse_args(
         ["--pregenerated_data", "-", "--teacher_model", "-", "--student_model", "-", "--output_dir", "-",
          "--distill_method", method])
-    return METHODS[method].build(args, teacher, bert(*sizes["student"], seq_len))
+    return METHODS[method].build(args, teacher, bert(*student_sizes(method, sizes), seq_len))
 
 
 def unfused_pairwise_row_kl(teacher_a, teacher_b, student_a, student_b, attention_mask, max_chunk_elements=None):

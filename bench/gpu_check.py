@@ -3,7 +3,7 @@
     python bench/gpu_check.py            # on a CUDA machine
     python bench/gpu_check.py --dry      # on CPU, tiny shapes, a few steps: the same code paths (the tests run it)
 
-1. precision: every general-distillation method (the rows of general_distill.METHODS) x {fp32, bf16, fp16}, from
+1. precision: every general-distillation method (the rows of pipelines/methods.py) x {fp32, bf16, fp16}, from
    the same random teacher, student and batches, through the toolkit's own Runtime and Trainer (autocast, fp16's
    gradient scaler, clipping, AdamW); the final loss of bf16 and fp16 must lie within --tolerance of fp32's and no
    loss may be inf/NaN. Data: random token ids (the check needs no files, so it runs on a bare machine).
@@ -29,10 +29,10 @@ import torch
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
-from bench_distill import SIZES, bert  # noqa: E402
+from bench_distill import SIZES, bert, student_sizes  # noqa: E402
 from common import machine_info, report  # noqa: E402
 
-from pipelines.scripts.general_distill import METHODS  # noqa: E402
+from pipelines.methods import METHODS  # noqa: E402
 from kdcore import distill  # noqa: E402
 from kdcore.cli import ArgumentParser  # noqa: E402
 from kdcore.runtime import Runtime, set_seed  # noqa: E402
@@ -70,7 +70,7 @@ def precision_run(method: str, precision: str, sizes: dict, steps: int, batch: i
     rt = Runtime(args)
     set_seed(0)  # the same teacher and student weights for every precision
     teacher = bert(*sizes["teacher"], seq_len).to(rt.device).eval()
-    student = bert(*sizes["student"], seq_len)
+    student = bert(*student_sizes(method, sizes), seq_len)
     objective = METHODS[method].build(args, teacher, student)
     data = RandomTokens(steps * batch, seq_len, sizes["teacher"][-1])
     start = time.time()

@@ -59,6 +59,7 @@ class DistillMethod:
     summary: str
     options: tuple[Option, ...]
     build: Callable[[argparse.Namespace, nn.Module, nn.Module], DistillObjective]
+    needs_teacher_width: bool = False  # the objective compares hidden states directly: the student is as wide
 
 
 TEACHER_LAYER = option(
@@ -79,6 +80,19 @@ def _method_options(methods: dict[str, DistillMethod]) -> dict[str, tuple[Option
     return table
 
 
+def add_method_args(parser: argparse.ArgumentParser, methods: dict[str, DistillMethod],
+                    default_method: str | None = None) -> None:
+    """`--distill_method` (one of `methods`) and every method's own options, each help prefixed by its methods."""
+    parser.add_argument("--distill_method", choices=list(methods),
+                        default=default_method if default_method is not None else next(iter(methods)),
+                        help="; ".join(f"{m.name}: {m.summary}" for m in methods.values()), identifies=True)
+    group = parser.add_argument_group("method options")
+    for opt, owners in _method_options(methods).values():
+        kwargs = dict(opt.kwargs)
+        kwargs["help"] = f"[{'/'.join(owners)}] " + kwargs.get("help", "")
+        group.add_argument(opt.flag, **kwargs)
+
+
 def build_parser(methods: dict[str, DistillMethod], default_method: str | None = None,
                  script: str | None = None) -> argparse.ArgumentParser:
     parser = ArgumentParser(
@@ -94,9 +108,6 @@ def build_parser(methods: dict[str, DistillMethod], default_method: str | None =
                         help="Student: a config JSON (e.g. configs/minilm_L6xH384.json; size fields only, the "
                         "vocabulary follows the teacher) or a folder (its config.json; its weights with --continue_train).",
                         identifies=True)
-    parser.add_argument("--distill_method", choices=list(methods),
-                        default=default_method if default_method is not None else next(iter(methods)),
-                        help="; ".join(f"{m.name}: {m.summary}" for m in methods.values()), identifies=True)
     parser.add_argument("--reduce_memory", action="store_true",
                         help="Keep the pregenerated examples in memory-mapped files instead of RAM.",
                         identifies=False)
@@ -111,11 +122,7 @@ def build_parser(methods: dict[str, DistillMethod], default_method: str | None =
                         help="Start from the weights in the --student_model folder (and its trainable extras, e.g. "
                         "TinyBERT's fit_dense) instead of a random initialisation from its config.", identifies=True)
     add_student_init_args(parser)
-    group = parser.add_argument_group("method options")
-    for opt, owners in _method_options(methods).values():
-        kwargs = dict(opt.kwargs)
-        kwargs["help"] = f"[{'/'.join(owners)}] " + kwargs.get("help", "")
-        group.add_argument(opt.flag, **kwargs)
+    add_method_args(parser, methods, default_method)
     add_runtime_args(
         parser,
         # TinyBERT's general_distill.py: lr 5e-5, BertAdam (weight decay 0.01, eps 1e-6), warmup 0.1, save every
@@ -200,6 +207,9 @@ def distill(args, methods: dict[str, DistillMethod]):
     teacher = load_teacher(args.teacher_model)
     student = load_student(args, teacher, tokenizer)
     objective = methods[args.distill_method].build(args, teacher, student)
+    if args.continue_train:  # the trainable extras saved beside the student (TinyBERT's fit_dense) continue too
+        for name in objective.load_extras(args.student_model):
+            logger.info("continuing %s from %s", name, args.student_model)
     collate = PregeneratedCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
                                    use_token_type_ids=uses_token_type_ids(teacher.config))
     if rt.is_main:

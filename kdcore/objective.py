@@ -15,7 +15,10 @@ part of the student (TinyBERT's `fit_dense`) are listed by `extra_modules()` and
 """
 from __future__ import annotations
 
+import os
+
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from .batching import encoder_inputs
@@ -61,6 +64,21 @@ class DistillObjective(nn.Module):
     def extra_modules(self) -> dict[str, nn.Module]:
         """Trainable modules outside the student, saved beside it as `<name>.safetensors`."""
         return {}
+
+    def load_extras(self, folder: str | None) -> list[str]:
+        """Load each extra saved beside a student folder (`<name>.safetensors`, as `save` writes them), so a run that
+        continues from that folder continues them too; returns the names loaded (none when the folder has none)."""
+        loaded = []
+        for name, module in self.extra_modules().items():
+            path = os.path.join(folder, f"{name}.safetensors") if folder and os.path.isdir(folder) else None
+            if path is None or not os.path.isfile(path):
+                continue
+            try:
+                module.load_state_dict(load_file(path))
+            except RuntimeError as err:
+                raise UserError(f"{path}: does not fit this teacher/student pair ({err})")
+            loaded.append(name)
+        return loaded
 
     def save(self, folder: str, tokenizer=None) -> None:
         """The student as a `save_pretrained` folder (AutoModel loads it with no missing keys), extras beside it."""

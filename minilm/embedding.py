@@ -5,6 +5,10 @@
 pool is the teacher's own pooling (mean for all-MiniLM-L6-v2), followed by L2 normalisation when the teacher
 normalises; the relation terms are MiniLMv2's (`minilm.losses.self_attention_relation_kl`) between the teacher's and
 the student's last layers. The student needs the teacher's width (the pooled embeddings are compared directly).
+
+`METHOD` is the objective as a row of the method table (`general_distill.py --distill_method embedding` over
+pregenerated data, or task distillation's stage 1); `distill_embeddings.py` (the driver below) trains it on lines
+of text, one sentence each, and scores STS-B zero-shot before and after.
 """
 from __future__ import annotations
 
@@ -15,16 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore.cli import ArgumentParser, UserError, ensure_writable_dir
+from kdcore.distill import DistillMethod, option, save_student
 from kdcore.files import atomic_write_json, iter_text_lines
 from kdcore.batching import encoder_inputs, pad_batch
 from kdcore.attention_capture import SelfAttentionCapture
 from kdcore.modeling import bare_model, build_student, encoder_layers, load_teacher, load_tokenizer
 from kdcore.objective import DistillObjective
 from kdcore.sentence_embeddings import (
-    embedding_mse, pool, read_pooling, read_sts, sts_zero_shot_spearman, write_sentence_transformers_files,
+    embedding_mse, pool, read_pooling, read_sts, sts_zero_shot_spearman,
 )
 
 from .losses import common_relation_head_counts, self_attention_relation_kl
+from .v2 import NUM_RELATION_HEADS
 from kdcore.runtime import Runtime, add_runtime_args
 from kdcore.student_init import add_student_init_args, apply_student_init
 from kdcore.trainer import train
@@ -54,14 +60,16 @@ class EmbeddingDistillObjective(DistillObjective):
         emb = pool(hidden, attention_mask, self.pooling)
         return F.normalize(emb, dim=-1) if self.normalize else emb
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        # `labels` (task distillation batches carry them) are not used by these losses.
         inputs = encoder_inputs(input_ids, attention_mask, token_type_ids)
         relations = self.relation_weight > 0
         t_layers, s_layers = ([self.t_last], [self.s_last]) if relations else ([], [])
+        # The encoders (a classifier's too, in task distillation): pooling reads their last hidden states.
         with torch.no_grad(), SelfAttentionCapture(self.teacher, t_layers) as t_cap:
-            t_hidden = self.teacher(**inputs).last_hidden_state
+            t_hidden = bare_model(self.teacher)(**inputs).last_hidden_state
         with SelfAttentionCapture(self.student, s_layers) as s_cap:
-            s_hidden = self.student(**inputs).last_hidden_state
+            s_hidden = bare_model(self.student)(**inputs).last_hidden_state
         values = {"embedding": embedding_mse(self.embed(s_hidden, attention_mask), self.embed(t_hidden, attention_mask))}
         loss = values["embedding"]
         if relations:
@@ -71,6 +79,22 @@ class EmbeddingDistillObjective(DistillObjective):
                 values[part[0] * 2] = term
                 loss = loss + self.relation_weight * term
         return {"loss": loss, **{k: v.detach() for k, v in values.items()}}
+
+
+RELATION_WEIGHT = option(
+    "--relation_weight", type=float, default=0.0,
+    help="weight of MiniLMv2's Q-Q/K-K/V-V relation terms on the last layers (0: embedding loss alone)",
+    identifies=True, range=">=0")
+
+METHOD = DistillMethod(
+    name="embedding",
+    summary="MSE between the teacher's and the student's pooled sentence embeddings (the teacher's pooling and "
+    "normalisation), + --relation_weight x MiniLMv2's relations on the last layers; the student needs the teacher's width",
+    options=(RELATION_WEIGHT, NUM_RELATION_HEADS),
+    build=lambda args, teacher, student: EmbeddingDistillObjective(
+        teacher, student, *read_pooling(args.teacher_model), args.relation_weight, args.num_relation_heads),
+    needs_teacher_width=True,
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -120,10 +144,8 @@ def build_parser(script: str | None = None):
                    identifies=True, range=">=1")
     p.add_argument("--train_batch_size", type=int, default=64, identifies=True, range=">=1")
     p.add_argument("--num_train_epochs", type=float, default=1.0, identifies=True, range=">0")
-    p.add_argument("--relation_weight", type=float, default=0.0,
-                   help="weight of MiniLMv2's Q-Q/K-K/V-V relation terms on the last layers (0: embedding loss alone)",
-                   identifies=True, range=">=0")
-    p.add_argument("--num_relation_heads", type=int, default=48, identifies=True, range=">=1")
+    for opt in METHOD.options:  # --relation_weight, --num_relation_heads: the method's own options
+        p.add_argument(opt.flag, **opt.kwargs)
     p.add_argument("--sts_file", default=None, help="STS-B-layout file for the zero-shot Spearman before and after",
                    identifies=False)
     p.add_argument("--max_sts_examples", type=int, default=None, identifies=False, range=">=1")
@@ -169,15 +191,12 @@ def run_embedding_distill(args) -> dict:
 
     before = sts(student.to(rt.device)) if rt.is_main else None
 
-    def save_fn(obj, folder):
-        obj.save(folder, tokenizer)
-        write_sentence_transformers_files(args.teacher_model, folder, obj.student.config.hidden_size)
-
     def evaluate_fn(obj, step):
         return {"sts_spearman": sts(obj.student)}
 
     result = train(rt, args, objective, data, data.collate, args.train_batch_size // max(1, rt.world_size),
-                   args.num_train_epochs, save_fn, evaluate_fn=evaluate_fn if args.sts_file else None,
+                   args.num_train_epochs, lambda obj, folder: save_student(obj, folder, tokenizer, args.teacher_model),
+                   evaluate_fn=evaluate_fn if args.sts_file else None,
                    eval_steps=args.eval_steps, group_by_length=True)
     final = {}
     if rt.is_main:

@@ -33,7 +33,8 @@ class MiniLMv1Objective(SelfAttentionObjective):
             )
         self.weights = term_weights(self.TERMS, weights, "minilm")
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        # `labels` (task distillation batches carry them) are not used by these losses.
         t, s = self.capture_qkv(input_ids, attention_mask, token_type_ids)
         return weighted_loss({
             "attention": attention_distribution_kl(t.query, t.key, s.query, s.key, attention_mask),

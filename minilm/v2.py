@@ -33,7 +33,8 @@ class MiniLMv2Objective(SelfAttentionObjective):
         self.num_relation_heads = num_relation_heads
         self.weights = term_weights(self.TERMS, weights, "minilmv2")
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        # `labels` (task distillation batches carry them) are not used by these losses.
         t, s = self.capture_qkv(input_ids, attention_mask, token_type_ids)
         r = self.num_relation_heads
         return weighted_loss({
@@ -43,14 +44,17 @@ class MiniLMv2Objective(SelfAttentionObjective):
         }, self.weights)
 
 
+NUM_RELATION_HEADS = option(
+    "--num_relation_heads", type=int, default=48,
+    help="Relation heads; must divide both hidden sizes (48 for base teachers, 64 for large).",
+    identifies=True, range=">=1")
+
 METHOD = DistillMethod(
     name="minilmv2",
     summary="MiniLMv2: Q-Q / K-K / V-V self-attention relations over --num_relation_heads",
     options=(
         TEACHER_LAYER,
-        option("--num_relation_heads", type=int, default=48,
-               help="Relation heads; must divide both hidden sizes (48 for base teachers, 64 for large).",
-               identifies=True, range=">=1"),
+        NUM_RELATION_HEADS,
         option("--qq_weight", type=float, default=1.0, help="Weight of the Q-Q relation term.",
                identifies=True, range=">=0"),
         option("--kk_weight", type=float, default=1.0, help="Weight of the K-K relation term.",

@@ -48,7 +48,7 @@ def test_run_all_prints_every_table(smoke_results):
 def test_distill_json(smoke_results):
     data = load(smoke_results[0], "distill")
     configs = {(r["method"], r["precision"]) for r in data["rows"]}
-    from pipelines.scripts.general_distill import METHODS  # every row of the method table is benchmarked
+    from pipelines.methods import METHODS  # every row of the method table is benchmarked
 
     assert configs == {(m, p) for m in METHODS for p in ("fp32", "bf16")} and len(METHODS) >= 3
     for r in data["rows"]:

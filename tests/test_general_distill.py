@@ -199,6 +199,7 @@ def _curve(out_dir, term):
     ("minilmv2", "tinybert_4L_312D.json", ["--num_relation_heads", "24"], ("qq", "kk", "vv")),
     ("minilm", "minilm_L3xH384.json", ["--reduce_memory"], ("attention", "value_relation")),
     ("tinybert", "minilm_L3xH384.json", [], ("embedding", "hidden", "attention")),
+    ("embedding", "minilm_L3xH384.json", ["--relation_weight", "1.0"], ("embedding", "qq", "kk", "vv")),
 ])
 def test_distillation_from_packaged_teacher_lowers_every_term(tmp_path, packaged_teacher, wiki_data, method, student,
                                                               extra, terms):

@@ -62,7 +62,7 @@ def test_an_option_of_another_method_is_one_clear_error(tmp_path, tiny_teacher, 
             "--output_dir", str(tmp_path / "out")]
     with pytest.raises(UserError, match="--teacher_layer is for --distill_method minilm/minilmv2, not tinybert"):
         general_distill.main([*argv, "--teacher_layer", "1"])
-    with pytest.raises(UserError, match="--num_relation_heads is for --distill_method minilmv2, not minilm"):
+    with pytest.raises(UserError, match="--num_relation_heads is for --distill_method minilmv2/embedding, not minilm"):
         general_distill.main([*argv, "--distill_method", "minilm", "--num_relation_heads", "8"])
     # the table row builds its objective from the parsed options
     args = parse_args(general_distill.build_parser(),

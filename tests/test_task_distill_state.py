@@ -8,7 +8,7 @@ import torch
 from conftest import REPO, make_tiny_model_dir
 
 from tinybert.scripts import run_glue
-from tinybert.scripts import task_distill
+from pipelines.scripts import task_distill
 from kdcore.cli import UserError
 from kdcore.logit_cache import cached_teacher_logits
 from tinybert.classification import glue_collate
@@ -55,7 +55,51 @@ def test_stage1_loads_fit_dense_saved_beside_the_student(tmp_path, shared_data, 
     save_model(student, str(tmp_path / "bad"), extra_modules={"fit_dense": torch.nn.Linear(32, 8)})
     objective = TinyBertIntermediateObjective(teacher, student)
     with pytest.raises(UserError, match="fit_dense.safetensors: does not fit this teacher/student pair"):
-        objective.load_fit_dense(str(tmp_path / "bad"))
+        objective.load_extras(str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("method", ["minilm", "minilmv2"])
+def test_stage1_takes_any_general_methods_objective(tmp_path, shared_data, bert_tokenizer, method):
+    """`task_distill.py --distill_method M` (stage 1) trains with general distillation's objective M on the two
+    classifiers: its dev losses (learning rate 0: the student as loaded) equal M's objective computed another way, on
+    the bare encoders (AutoModel) over the same 8 dev sentences; the output is a classifier folder."""
+    from argparse import Namespace
+
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from pipelines.methods import METHODS
+
+    teacher_dir = make_tiny_model_dir(tmp_path / "t", num_layers=4, hidden=64, heads=4, tokenizer=bert_tokenizer)
+    student_dir = make_tiny_model_dir(tmp_path / "s", num_layers=2, hidden=32, heads=4, tokenizer=bert_tokenizer)
+    out = tmp_path / "stage1"
+    sst2 = os.path.join(shared_data, "glue", "SST-2")
+    extra = ["--num_relation_heads", "4"] if method == "minilmv2" else []
+    result = task_distill.main(["--teacher_model", teacher_dir, "--student_model", student_dir, "--task_name", "SST-2",
+                                "--data_dir", sst2, "--output_dir", str(out), "--distill_method", method, *extra,
+                                "--learning_rate", "0", "--max_steps", "1", "--train_batch_size", "8",
+                                "--max_train_examples", "8", "--max_eval_examples", "8", "--eval_batch_size", "8",
+                                "--max_seq_length", "32"])
+    assert AutoModelForSequenceClassification.from_pretrained(str(out)).config.num_hidden_layers == 2
+    task = get_task("SST-2")
+    dev = encode(load_split(sst2, task, "dev", max_examples=8), bert_tokenizer, task, ["0", "1"], 32)
+    batch = glue_collate(bert_tokenizer)(dev)
+    args = Namespace(teacher_layer=None, num_relation_heads=4, qq_weight=1.0, kk_weight=1.0, vv_weight=1.0,
+                     attention_weight=1.0, value_relation_weight=1.0)
+    objective = METHODS[method].build(args, AutoModel.from_pretrained(teacher_dir).eval(),
+                                      AutoModel.from_pretrained(student_dir).eval())
+    with torch.no_grad():
+        expected = objective(**_inputs(batch))
+    terms = [k for k in expected if k != "loss"]
+    assert terms and all(result[f"distill_{k}"] == pytest.approx(float(expected[k]), rel=1e-5) for k in terms)
+
+
+def test_stage1_method_options_belong_to_the_method(tmp_path):
+    common = ["--teacher_model", str(tmp_path), "--student_model", str(tmp_path), "--task_name", "SST-2",
+              "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(UserError, match="--teacher_layer is for --distill_method minilm/minilmv2, not tinybert"):
+        task_distill.main([*common, "--teacher_layer", "2"])
+    with pytest.raises(UserError, match="--distill_method minilmv2 chooses stage 1's objective"):
+        task_distill.main([*common, "--pred_distill", "--distill_method", "minilmv2"])
 
 
 def _sst2(shared_data, tokenizer, n=40, max_len=32):

@@ -9,7 +9,7 @@ import torch
 from conftest import make_tiny_model_dir
 
 from tinybert.scripts import run_glue
-from tinybert.scripts import task_distill
+from pipelines.scripts import task_distill
 from kdcore.cli import UserError
 from tinybert.glue import get_task
 from tinybert.intermediate import TinyBertIntermediateObjective

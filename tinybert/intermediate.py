@@ -16,7 +16,6 @@ query/key projections captured by forward hooks, so both models keep their SDPA 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
@@ -70,10 +69,6 @@ class TinyBertIntermediateObjective(DistillObjective):
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"fit_dense": self.fit_dense}
 
-    def load_fit_dense(self, folder: str) -> bool:
-        """Load `fit_dense.safetensors` saved beside a student (for --continue_train); False if there is none."""
-        return load_fit_dense(self.fit_dense, folder)
-
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
         # `labels` (task distillation batches carry them) are not used by these losses.
         return intermediate_layer_losses(self.teacher.base_model, self.student.base_model, self.fit_dense,
@@ -105,10 +100,7 @@ LAYER_MAP = option(
 
 
 def build_objective(args, teacher, student) -> TinyBertIntermediateObjective:
-    objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction, layer_map=args.layer_map)
-    if args.continue_train and objective.load_fit_dense(args.student_model):
-        logger.info("continuing fit_dense from %s", args.student_model)
-    return objective
+    return TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction, layer_map=args.layer_map)
 
 
 METHOD = DistillMethod(
@@ -118,20 +110,6 @@ METHOD = DistillMethod(
     options=(LOSS_REDUCTION, LAYER_MAP),
     build=build_objective,
 )
-
-
-def load_fit_dense(fit_dense: nn.Linear, folder: str) -> bool:
-    """Load `fit_dense.safetensors` saved beside a student folder into `fit_dense`; False if there is none."""
-    path = os.path.join(folder, "fit_dense.safetensors") if folder and os.path.isdir(folder) else None
-    if path is None or not os.path.isfile(path):
-        return False
-    from safetensors.torch import load_file
-
-    try:
-        fit_dense.load_state_dict(load_file(path))
-    except RuntimeError as err:
-        raise UserError(f"{path}: does not fit this teacher/student pair ({err})")
-    return True
 
 
 def check_layer_compatibility(teacher: nn.Module, student: nn.Module, layer_map: str | None = None) -> list[int]:

@@ -13,9 +13,10 @@ temperature T; for STS-B (regression) the MSE to the teacher's score (`--stsb_ta
 TinyBERT's code did, to the gold score (`--stsb_target gold`). `--loss_reduction original` reduces every term as
 TinyBERT's code did (means over all padded positions; soft cross-entropy also averaged over classes).
 
-Stage 1 is `tinybert.intermediate.TinyBertIntermediateObjective` (the general-distillation objective, reading
-the encoders of the two classifiers), stage 2 `PredictionDistillObjective`; both are `kdcore.objective.
-DistillObjective`s (frozen teacher kept out of the optimizer, DDP and checkpoints).
+Stage 1 is a general-distillation method's objective built on the two classifiers (`--distill_method`, a row of
+the method table the script passes in; default `tinybert`: `tinybert.intermediate.TinyBertIntermediateObjective`),
+stage 2 `PredictionDistillObjective`; both are `kdcore.objective.DistillObjective`s (frozen teacher kept out of the
+optimizer, DDP and checkpoints).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from kdcore.batching import encoder_inputs
 from kdcore.cli import UserError, ensure_writable_dir
+from kdcore.distill import DistillMethod, check_method_options
 from kdcore.finetune import ListDataset, predict_batches
 from kdcore.modeling import (
     build_student, check_length_fits, load_teacher, load_tokenizer, read_model_config, read_student_config,
@@ -38,7 +40,6 @@ from tinybert.classification import (
     predict_logits, predict_test_sets, read_folder_config, write_results,
 )
 from tinybert.glue import GlueTask, encode, get_task, label_order, load_split
-from tinybert.intermediate import TinyBertIntermediateObjective
 from tinybert.losses import hinton_kd_loss, regression_mse, soft_cross_entropy, soft_cross_entropy_original
 from kdcore.logit_cache import cached_teacher_logits, features_fingerprint, teacher_fingerprint
 from kdcore.model_card import current_run, describe_run
@@ -160,15 +161,23 @@ def check_student_against_teacher_config(args) -> None:
         parse_layer_list(args.init_layers, student_layers, teacher_layers, "--init_layers")
 
 
-def run_task_distill(args) -> dict:
+def run_task_distill(args, methods: dict[str, DistillMethod]) -> dict:
+    """Task distillation with stage 1's objective from `methods[args.distill_method]` (stage 2: the prediction
+    layer); returns the saved model's dev results."""
     from transformers import AutoModelForSequenceClassification
 
     task = get_task(args.task_name)
     task_key = args.task_name.lower()
     resolve_stage_defaults(args)
-    describe_run("tinybert", ["knowledge-distillation", "task-distillation",
-                              "prediction-layer" if args.pred_distill else "intermediate-layers"],
+    describe_run("tinybert" if args.pred_distill else args.distill_method,
+                 ["knowledge-distillation", "task-distillation",
+                  "prediction-layer" if args.pred_distill else "intermediate-layers"],
                  datasets=[f"glue/{args.task_name}"], pipeline_tag="text-classification")
+    if args.pred_distill and args.distill_method != "tinybert":
+        raise UserError(f"--distill_method {args.distill_method} chooses stage 1's objective; stage 2 "
+                        "(--pred_distill) distils the prediction layer")
+    if not args.pred_distill and not args.do_eval:
+        check_method_options(args, methods)
     if args.alpha is not None and (task.labels is None or not args.pred_distill):
         raise UserError("--alpha mixes gold and soft labels in prediction-layer distillation (--pred_distill) of a "
                         f"classification task; not for {'stage 1' if task.labels is not None else task.name}")
@@ -250,11 +259,10 @@ def run_task_distill(args) -> dict:
                                                loss_reduction=args.loss_reduction, stsb_target=args.stsb_target,
                                                teacher_logits=teacher_logits, alpha=args.alpha)
     else:
-        objective = TinyBertIntermediateObjective(teacher, student, reduction=args.loss_reduction,
-                                                  layer_map=args.layer_map)
-        # stage 1 keeps general distillation's projection when the student folder has one (as TinyBERT does)
-        if student_is_folder and objective.load_fit_dense(args.student_model):
-            logger.info("fit_dense loaded from %s (general distillation's projection)", args.student_model)
+        objective = methods[args.distill_method].build(args, teacher, student)
+        # stage 1 keeps general distillation's extras when the student folder has them (TinyBERT's fit_dense)
+        for name in objective.load_extras(args.student_model if student_is_folder else None):
+            logger.info("%s loaded from %s (general distillation's)", name, args.student_model)
     denom = max(1, args.gradient_accumulation_steps) * rt.world_size
     if args.train_batch_size % denom:
         raise UserError(f"--train_batch_size {args.train_batch_size} is not divisible by gradient accumulation steps "

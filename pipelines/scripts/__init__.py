@@ -1,4 +1,4 @@
-"""The code of the commands that span methods (general_distill, demo), and the table of every script.
+"""The code of the commands that span methods (general_distill, task_distill, demo), and the table of every script.
 
 Each script's code is a module `<package>/scripts/<script>.py` with `build_parser()`, `main(argv)` and `command()` (the
 console entry point `kd-<script>`, hyphens for underscores). The repository root keeps a shim `<script>.py` of each so
@@ -8,7 +8,6 @@ tests/test_packaging.py checks that table, the shims and the commands against ea
 SCRIPT_MODULES = {
     # TinyBERT's seed scripts, and the MLM head TinyBERT's augmentation needs
     "pregenerate_training_data": "tinybert.scripts.pregenerate_training_data",
-    "task_distill": "tinybert.scripts.task_distill",
     "data_augmentation": "tinybert.scripts.data_augmentation",
     "run_glue": "tinybert.scripts.run_glue",
     "fit_mlm_head": "tinybert.scripts.fit_mlm_head",
@@ -20,8 +19,9 @@ SCRIPT_MODULES = {
     "eval_seq2seq": "minilm.scripts.eval_seq2seq",
     "distill_embeddings": "minilm.scripts.distill_embeddings",
     "eval_sts": "minilm.scripts.eval_sts",
-    # every general-distillation method; the whole job end to end
+    # every distillation method (pipelines/methods.py): general, and task distillation's first stage; the whole job
     "general_distill": "pipelines.scripts.general_distill",
+    "task_distill": "pipelines.scripts.task_distill",
     "demo": "pipelines.scripts.demo",
 }
 

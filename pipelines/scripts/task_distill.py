@@ -1,6 +1,7 @@
 """TinyBERT task-specific distillation on GLUE, and evaluation of a distilled model.
 
-Stage 1, intermediate layers:
+Stage 1, intermediate layers (TinyBERT's objective by default; `--distill_method minilm|minilmv2` takes that general
+method's objective instead, from the table in pipelines/methods.py):
     python task_distill.py --teacher_model FT_BERT_DIR --student_model GENERAL_TINYBERT_DIR --data_dir TASK_DIR \
         --task_name SST-2 --output_dir TMP_TINYBERT_DIR --max_seq_length 128 --train_batch_size 32 \
         --num_train_epochs 10 --aug_train --do_lower_case
@@ -16,9 +17,10 @@ Results go to OUTPUT_DIR/eval_results.json (metric -> number); --do_predict writ
 import argparse
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
+from kdcore.distill import add_method_args
 from kdcore.runtime import add_runtime_args
-from kdcore.student_init import add_student_init_args, layer_numbers
-from tinybert.intermediate import LOSS_REDUCTION
+from kdcore.student_init import add_student_init_args
+from pipelines.methods import METHODS
 from tinybert.task_distill import run_task_distill
 
 
@@ -55,13 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage 2, classification: weight of the gold-label cross-entropy in alpha * CE(gold) + "
                         "(1 - alpha) * T^2 * KL(teacher || student) (Hinton et al.); default: TinyBERT's soft "
                         "cross-entropy alone", identifies=True, range="[0,1]")
-    p.add_argument(LOSS_REDUCTION.flag, **LOSS_REDUCTION.kwargs)  # shared with general_distill.py's tinybert
     p.add_argument("--stsb_target", choices=["teacher", "gold"], default="teacher",
                    help="STS-B prediction-layer distillation regresses on the teacher's score (default) or, as "
                         "TinyBERT's code, on the gold score", identifies=True)
-    p.add_argument("--layer_map", default=None, type=layer_numbers,
-                   help="stage 1: teacher layer (1-based) for each student layer, e.g. 2,3,5,6; default: uniform, top "
-                   "layer kept (nearest uniform map when the depths do not divide)", identifies=True)
+    # Stage 1's objective and its options (--layer_map, --loss_reduction, --teacher_layer, ...); --loss_reduction
+    # original also gives stage 2 TinyBERT's class-averaged soft cross-entropy.
+    add_method_args(p, METHODS, default_method="tinybert")
     add_student_init_args(p)
     p.add_argument("--data_url", default="", help="accepted for compatibility (Huawei cloud); unused",
                    identifies=False)
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    return run_task_distill(parse_args(build_parser(), argv))
+    return run_task_distill(parse_args(build_parser(), argv), METHODS)
 
 
 def command():
