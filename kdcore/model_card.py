@@ -294,7 +294,8 @@ def _card_text(folder: str, config, run: RunRecord | None, facts: dict) -> str:
         size = (f"{getattr(config, 'model_type', '?')}, {getattr(config, 'num_hidden_layers', '?')} layers x "
                 f"{getattr(config, 'hidden_size', '?')} hidden, {getattr(config, 'num_attention_heads', '?')} heads, "
                 f"vocabulary {getattr(config, 'vocab_size', '?')}")
-        lines += [f"Architecture: {size}. Load it with `transformers.AutoModel.from_pretrained(folder)`.", ""]
+        load_with = getattr(config, "load_with", "transformers.AutoModel.from_pretrained(folder)")
+        lines += [f"Architecture: {size}. Load it with `{load_with}`.", ""]
     toolkit = facts["toolkit"]
     made_by = f"kd-toolkit {toolkit['version']}" + (f", commit {toolkit['commit'][:12]}" if toolkit["commit"] else "")
     if run is None:

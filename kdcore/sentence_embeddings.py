@@ -24,10 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .errors import UserError
 from .files import atomic_path, atomic_write_json, iter_text_lines, read_json_file
 from .modeling import load_model, load_tokenizer
+from .static_token_embedding import is_static_folder, load_static_folder
 
 logger = logging.getLogger("kd")
 
@@ -146,21 +148,27 @@ def embedding_mse(student_embeddings: torch.Tensor, teacher_embeddings: torch.Te
 
 
 def encode(model: nn.Module, tokenizer, sentences: list[str], mode: str = "mean", normalize: bool = False,
-           batch_size: int = 64, max_length: int = 128, device=None) -> np.ndarray:
-    """Sentence embeddings (N, D) of a bare HF encoder with the given pooling, in eval mode."""
+           batch_size: int = 64, max_length: int = 128, device=None, progress: str | None = None) -> np.ndarray:
+    """Sentence embeddings (N, D) of a bare HF encoder with the given pooling, in eval mode.
+
+    A model with a `pooling_mask(input_ids, attention_mask)` method (a static token embedding,
+    `kdcore.static_token_embedding`) narrows the tokens pooled over. `progress`: the label of a progress bar."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
+    narrow = getattr(model, "pooling_mask", None)
     # Longest first: batches of similar length waste little compute on padding.
     order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=progress is None,
+                          dynamic_ncols=True, leave=False):
             idx = order[start:start + batch_size]
             enc = tokenizer([sentences[i] for i in idx], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt").to(device)
             hidden = model(**enc).last_hidden_state
-            emb = pool(hidden, enc["attention_mask"], mode)
+            mask = enc["attention_mask"] if narrow is None else narrow(enc["input_ids"], enc["attention_mask"])
+            emb = pool(hidden, mask, mode)
             if normalize:
                 emb = F.normalize(emb, dim=-1)
             out.append(emb.cpu())
@@ -227,14 +235,25 @@ def sts_zero_shot_spearman(model: nn.Module, tokenizer, sts_pairs: tuple, mode: 
     return {"spearman": 100.0 * spearman(cos, gold), "pairs": len(gold)}
 
 
+def load_embedding_folder(model_dir: str, argname: str = "--model_dir"):
+    """(model, tokenizer, pooling mode, normalize) of a sentence-embedding folder: a HF encoder folder (pooling and
+    normalisation from its sentence-transformers modules; mean, unnormalised for a plain one) or a static token
+    embedding folder (`kdcore.static_token_embedding`: mean pooling, normalised as its config says)."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"{argname}: no such folder: {model_dir}")
+    if is_static_folder(model_dir):
+        model, tokenizer, _ = load_static_folder(model_dir, argname)
+        return model, tokenizer, "mean", model.normalize
+    mode, normalize = read_pooling(model_dir)  # the small files first: a bad one fails before the weights load
+    tokenizer = load_tokenizer(model_dir, argname)
+    model = load_model(model_dir, argname=argname).eval()
+    return model, tokenizer, mode, normalize
+
+
 def folder_sts_spearman(model_dir: str, sts_pairs: tuple, batch_size: int = 64,
                         max_examples: int | None = None) -> dict:
     """`sts_zero_shot_spearman` of a model folder, with the pooling its sentence-transformers modules name."""
-    if not os.path.isdir(model_dir):
-        raise UserError(f"--model_dir: no such folder: {model_dir}")
-    mode, normalize = read_pooling(model_dir)  # the small files first: a bad one fails before the weights load
-    tokenizer = load_tokenizer(model_dir, "--model_dir")
-    model = load_model(model_dir, argname="--model_dir").eval()
+    model, tokenizer, mode, normalize = load_embedding_folder(model_dir)
     result = sts_zero_shot_spearman(model, tokenizer, sts_pairs, mode, normalize, batch_size, max_examples)
     return {**result, "pooling": mode, "normalize": normalize}
 
