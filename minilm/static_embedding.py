@@ -22,6 +22,7 @@ not used):
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from kdcore.cli import UserError
 from kdcore.model_card import describe_run
+from kdcore.modeling import read_model_config
 from kdcore.sentence_embeddings import load_embedding_folder, pool
 from kdcore.static_token_embedding import is_static_folder, save_static_folder
 
@@ -105,11 +107,13 @@ def distill_static(args) -> dict:
     if is_static_folder(args.teacher_model):
         raise UserError(f"--teacher_model {args.teacher_model}: a static embedding already; give a Transformer")
     describe_run("static-embedding", tags=["knowledge-distillation", "static-embeddings"], datasets=[])
-    start = time.perf_counter()
-    model, tokenizer, mode, normalize = load_embedding_folder(args.teacher_model, "--teacher_model")
-    hidden = model.config.hidden_size
+    if not os.path.isdir(args.teacher_model):
+        raise UserError(f"--teacher_model: no such folder: {args.teacher_model}")
+    hidden = read_model_config(args.teacher_model, "--teacher_model").hidden_size  # checked before weights load
     if args.pca_dims > hidden:
         raise UserError(f"--pca_dims {args.pca_dims} exceeds the teacher's hidden size {hidden} (0 keeps it)")
+    start = time.perf_counter()
+    model, tokenizer, mode, _ = load_embedding_folder(args.teacher_model, "--teacher_model")
     skipped = skipped_token_ids(tokenizer)
     kept = [i for i in range(len(tokenizer)) if i not in skipped]
     if args.pca_dims > len(kept):
