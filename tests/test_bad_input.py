@@ -193,6 +193,26 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
                        "sts_no_header": "\n".join(sts.splitlines()[1:]) + "\n",
                        "sts_short": sts + "only\ttwo\n"}.items():
         p[name] = _write(f"{t}/sts/{name}.tsv", data)
+    # the scorecard's data folder (links to the real files) and copies with one defect each
+    glue = os.path.join(shared_data, "glue")
+    for name, defect in {"emb_data": None, "emb_no_squad": "squad", "emb_latin1": "SST-2", "emb_one_label": "MRPC"}.items():
+        os.makedirs(f"{t}/{name}/glue")
+        for task in ("STS-B", "MRPC", "SST-2", "CoLA"):
+            if task != defect:
+                os.symlink(os.path.join(glue, task), f"{t}/{name}/glue/{task}")
+        if defect != "squad":
+            os.symlink(os.path.join(shared_data, "squad"), f"{t}/{name}/squad")
+        p[name] = f"{t}/{name}"
+    shutil.copytree(p["glue_latin1"], f"{t}/emb_latin1/glue/SST-2")  # train.tsv:10 is Latin-1
+    with open(os.path.join(glue, "MRPC", "dev.tsv"), encoding="utf-8") as f:
+        mrpc = f.read().splitlines(keepends=True)
+    _write(f"{t}/emb_one_label/glue/MRPC/dev.tsv", "".join(mrpc[:1] + [r for r in mrpc[1:] if r.startswith("1\t")][:5]))
+    # a static embedding folder whose table is damaged (it also serves as a teacher that is not a Transformer)
+    _write(f"{t}/static_truncated/config.json", json.dumps(
+        {"model_type": "static_embedding", "vocab_size": 30522, "hidden_size": 4, "pooling": "mean", "normalize": True}))
+    p["static_truncated"] = f"{t}/static_truncated"
+    _write(f"{t}/static_truncated/static_embeddings.safetensors", head_bytes[:100])
+    shutil.copy(os.path.join(packaged_teacher, "tokenizer.json"), p["static_truncated"])
     return p
 
 
@@ -226,6 +246,8 @@ BASE = {
     "eval_sts.py": "--model_dir {teacher} --sts_file {sts} --max_examples 4 --output_file {out}/sts.json",
     "fit_mlm_head.py": "--teacher_model {teacher} --pregenerated_data {packed} --max_steps 1 --heldout_blocks 2 "
                        "--output_dir {out}",
+    "eval_embeddings.py": "--model_dir {teacher} --data_dir {emb_data} --max_examples 40 --output_dir {out}",
+    "distill_static.py": "--teacher_model {teacher} --pca_dims 8 --output_dir {out}",
 }
 
 ROWS = [
@@ -436,6 +458,34 @@ ROWS = [
     ("pg-packed-json", "pregenerate_training_data.py", "--packed_sequences --output_format json", "--packed_sequences"),
     ("e2s-default-output-blocked", "eval_seq2seq.py", "--pred {pred_blocked} --output_json=",
      "the scores file beside --pred {pred_blocked}.scores.json: is a folder"),
+    # eval_embeddings.py
+    ("ee-model-missing", "eval_embeddings.py", "--model_dir {tmp}/no_model", "--model_dir: no such folder"),
+    ("ee-examples-zero", "eval_embeddings.py", "--max_examples 0", "argument --max_examples"),
+    ("ee-probe-c-zero", "eval_embeddings.py", "--probe_c 0", "argument --probe_c"),
+    ("ee-probe-train-few", "eval_embeddings.py", "--probe_train_examples 5", "argument --probe_train_examples"),
+    ("ee-data-dir-missing", "eval_embeddings.py", "--data_dir {tmp}/no_data", "--data_dir: no such folder"),
+    ("ee-data-no-squad", "eval_embeddings.py", "--data_dir {emb_no_squad}", "no squad/dev-v1.1.json"),
+    ("ee-sst2-latin1", "eval_embeddings.py", "--data_dir {emb_latin1}", "train.tsv:10: not UTF-8 text"),
+    ("ee-mrpc-one-label", "eval_embeddings.py", "--data_dir {emb_one_label}", "dev.tsv: the 5 examples read hold one label only"),
+    ("ee-names-count", "eval_embeddings.py", "--names a b", "--names: 1 distinct labels expected"),
+    ("ee-paragraph-length-above-positions", "eval_embeddings.py", "--paragraph_max_seq_length 1000",
+     "--paragraph_max_seq_length 1000 exceeds the 512 positions"),
+    ("ee-output-under-file", "eval_embeddings.py", "--output_dir {blocker}/card", "cannot write there"),
+    ("ee-modules-latin1", "eval_embeddings.py", "--model_dir {st_latin1}", "modules.json: not a modules.json"),
+    ("ee-model-remote-code", "eval_embeddings.py", "--model_dir {remote_code}", "never runs code"),
+    ("ee-static-truncated", "eval_embeddings.py", "--model_dir {static_truncated}", "static_embeddings.safetensors: cannot read"),
+    # distill_static.py
+    ("ds-pca-above-hidden", "distill_static.py", "--pca_dims 500", "--pca_dims 500 exceeds the teacher's hidden size 384"),
+    ("ds-pca-negative", "distill_static.py", "--pca_dims -1", "argument --pca_dims"),
+    ("ds-sif-one", "distill_static.py", "--sif_coefficient 1", "argument --sif_coefficient"),
+    ("ds-weighting-choice", "distill_static.py", "--weighting zipf", "argument --weighting"),
+    ("ds-context-choice", "distill_static.py", "--token_context middle", "argument --token_context"),
+    ("ds-batch-zero", "distill_static.py", "--batch_size 0", "argument --batch_size"),
+    ("ds-teacher-missing", "distill_static.py", "--teacher_model {tmp}/no_teacher", "--teacher_model: no such folder"),
+    ("ds-teacher-static", "distill_static.py", "--teacher_model {static_truncated}", "a static embedding already"),
+    ("ds-teacher-remote-code", "distill_static.py", "--teacher_model {remote_code}", "never runs code"),
+    ("ds-teacher-pickled", "distill_static.py", "--teacher_model {pickled_code}", "holds Python objects"),
+    ("ds-output-under-file", "distill_static.py", "--output_dir {blocker}/static", "cannot write there"),
 ]
 # Defects found only after earlier work (see the module docstring).
 LATE = {"gd-pregen-latin1", "gd-pregen-torn-line", "gd-teacher-truncated", "gd-teacher-empty-weights", "gd-teacher-remote-code", "gd-student-heads",
@@ -446,7 +496,9 @@ LATE = {"gd-pregen-latin1", "gd-pregen-torn-line", "gd-teacher-truncated", "gd-t
         "td-init-layers-past-teacher", "td-layer-map-past-teacher", "td-layer-map-count", "td-teacher-pickled",
         "td-student-hidden-act", "de-init-layers-past-teacher", "de-init-layers-count", "de-relation-heads",
         "de-student-hidden-act", "de-student-narrow", "de-teacher-pickled", "mlm-shard-bad-ids", "mlm-teacher-pickled",
-        "dec-weights-truncated", "aug-no-mlm-head", "s2s-train-latin1", "s2s-train-no-target"}
+        "dec-weights-truncated", "aug-no-mlm-head", "s2s-train-latin1", "s2s-train-no-target",
+        # found once the data are read (the scorecard) or the teacher's small files are (the static table)
+        "ee-model-remote-code", "ee-static-truncated", "ds-teacher-pickled"}
 # The first row of every script also runs in a fresh interpreter.
 FRESH = {next(r[0] for r in ROWS if r[1] == script) for script in BASE}
 
