@@ -29,7 +29,8 @@ def build_parser():
                    help="holds glue/{STS-B,MRPC,SST-2,CoLA}/ and squad/dev-v1.1.json (default: KD_SHARED_DATA "
                         "or ../shared/data)")
     p.add_argument("--max_examples", type=int, default=None, identifies=False, range=">=1",
-                   help="read at most this many examples of every file (a quick check; default: all)")
+                   help="read at most this many examples of every file (a quick check; default: all); SQuAD: "
+                        "questions, still ranked against every dev paragraph")
     p.add_argument("--probe_train_examples", type=int, default=10000, identifies=False, range=">=10",
                    help="train the linear probes on at most this many train.tsv sentences (a seeded sample)")
     p.add_argument("--probe_c", type=float, default=None, identifies=False, range=">0",
