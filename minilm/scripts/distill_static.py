@@ -35,4 +35,9 @@ def main(argv=None):
 
 
 def command():
+    """The console entry point (`kd-distill-static`)."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    command()

@@ -8,13 +8,10 @@ one) or static token embedding folder (distill_static.py). Writes OUT/scorecard.
 each column is, the probe recipe and the sequence lengths: pipelines/embedding_scorecard.py.
 """
 import argparse
-import os
 
 from kdcore.cli import ArgumentParser, parse_args, run_main
+from kdcore.files import default_data_dir
 from pipelines.embedding_scorecard import evaluate_scorecard
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_DATA = os.environ.get("KD_SHARED_DATA", os.path.join(REPO, "..", "shared", "data"))
 
 
 def build_parser():
@@ -25,7 +22,7 @@ def build_parser():
     p.add_argument("--names", nargs="+", default=None, identifies=False,
                    help="row labels, one per --model_dir (default: the folder names, with parents where they clash)")
     p.add_argument("--output_dir", required=True, identifies=False, help="where scorecard.json / .md go")
-    p.add_argument("--data_dir", default=DEFAULT_DATA, identifies=False,
+    p.add_argument("--data_dir", default=default_data_dir(), identifies=False,
                    help="holds glue/{STS-B,MRPC,SST-2,CoLA}/ and squad/dev-v1.1.json (default: KD_SHARED_DATA "
                         "or ../shared/data)")
     p.add_argument("--max_examples", type=int, default=None, identifies=False, range=">=1",
@@ -50,4 +47,9 @@ def main(argv=None):
 
 
 def command():
+    """The console entry point (`kd-eval-embeddings`)."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    command()
