@@ -7,6 +7,8 @@ and normalisation.
 
 * `pool(hidden, mask, mode)` – mean / cls / max / mean_sqrt_len pooling over real tokens.
 * `embedding_mse(student_emb, teacher_emb)` – the embedding-distillation loss (formula in its docstring).
+* `load_embedding_folder` – any sentence-embedding folder (HF encoder with its pooling, or a static token
+  embedding, `kdcore.static_token_embedding`) as (model, tokenizer, pooling, normalize) for `encode`.
 * `sts_zero_shot_spearman` – Spearman correlation between cos(embedding_a, embedding_b) and the gold similarity of
   an STS file (GLUE STS-B layout), with no training on STS.
 
