@@ -266,14 +266,15 @@ def _embed_texts(model, tokenizer, texts: list, mode: str, normalize: bool, batc
 
 
 def score_model(model_dir: str, data: ScorecardData, batch_size: int = 32, max_seq_length: int = 128,
-                paragraph_max_seq_length: int = 256, probe_c: float | None = None, seed: int = 42) -> dict:
-    """The scorecard row of one model folder (HF encoder or static token embedding)."""
+                paragraph_max_seq_length: int = 256, probe_c: float | None = None, seed: int = 42,
+                name: str | None = None) -> dict:
+    """The scorecard row of one model folder (HF encoder or static token embedding); `name` labels its progress."""
     start = time.perf_counter()
     model, tokenizer, mode, normalize = load_embedding_folder(model_dir)
     loaded = time.perf_counter()
     (sa, sb, gold), (ma, mb, mrpc_y) = data.sts, data.mrpc
     sentences = sa + sb + ma + mb + data.questions + [t for p in data.probes for t in p.train_texts + p.dev_texts]
-    name = os.path.basename(os.path.normpath(model_dir))
+    name = name or os.path.basename(os.path.normpath(model_dir))
     vec = _embed_texts(model, tokenizer, sentences, mode, normalize, batch_size, max_seq_length,
                        f"{name}: sentences")
     par = _embed_texts(model, tokenizer, data.paragraphs, mode, normalize, batch_size, paragraph_max_seq_length,
@@ -365,7 +366,7 @@ def evaluate_scorecard(args) -> dict:
     rows = []
     for name, model_dir in zip(names, args.model_dir):
         row = {"name": name, **score_model(model_dir, data, args.batch_size, args.max_seq_length,
-                                           args.paragraph_max_seq_length, args.probe_c, args.seed)}
+                                           args.paragraph_max_seq_length, args.probe_c, args.seed, name)}
         logger.info("%s: average %.2f (%s) in %.0f s", name, row["scores"]["average"],
                     ", ".join(f"{COLUMNS[k][0]} {row['scores'][k]:.2f}" for k in COLUMNS), row["seconds"]["total"])
         rows.append(row)
