@@ -8,7 +8,7 @@ and normalisation.
 * `pool(hidden, mask, mode)` – mean / cls / max / mean_sqrt_len pooling over real tokens.
 * `embedding_mse(student_emb, teacher_emb)` – the embedding-distillation loss (formula in its docstring).
 * `sts_zero_shot_spearman` – Spearman correlation between cos(embedding_a, embedding_b) and the gold similarity of
-  an STS file (GLUE STS-B layout), with no training on STS.
+  an STS file (GLUE STS-B layout), with no training on STS (`sts_spearman`: the same score of given embeddings).
 
 Plain transformers/numpy code: sentence-transformers is only needed to *load* the folders elsewhere.
 """
@@ -223,8 +223,14 @@ def sts_zero_shot_spearman(model: nn.Module, tokenizer, sts_pairs: tuple, mode: 
         a, b, gold = a[:max_examples], b[:max_examples], gold[:max_examples]
     ea = encode(model, tokenizer, a, mode, normalize, batch_size)
     eb = encode(model, tokenizer, b, mode, normalize, batch_size)
+    return {"spearman": sts_spearman(ea, eb, gold), "pairs": len(gold)}
+
+
+def sts_spearman(embeddings_a: np.ndarray, embeddings_b: np.ndarray, gold) -> float:
+    """100 * Spearman's rho between cos(e_a, e_b) row by row and the gold similarity scores."""
+    ea, eb = np.asarray(embeddings_a), np.asarray(embeddings_b)
     cos = (ea * eb).sum(-1) / (np.linalg.norm(ea, axis=-1) * np.linalg.norm(eb, axis=-1)).clip(1e-12)
-    return {"spearman": 100.0 * spearman(cos, gold), "pairs": len(gold)}
+    return 100.0 * spearman(cos, gold)
 
 
 def folder_sts_spearman(model_dir: str, sts_pairs: tuple, batch_size: int = 64,
