@@ -15,6 +15,9 @@ by every script, with the script's name from its parser), `describe_run` (the cl
 tags, datasets, pipeline tag), `note_training_progress` / `note_evaluation` (the training loop) and `note_results` (the writers of
 `eval_results.json`, which also refresh the card of the folder they write into). A record describes only folders
 inside its run's `--output_dir`; any other folder gets a card from its config alone, never another run's facts.
+
+Other writers add to a card with `merge_card_section` (a section between `<!-- kd-section: KEY -->` markers, e.g.
+an ONNX export's quality table); rewriting the card keeps those sections.
 """
 from __future__ import annotations
 

@@ -129,10 +129,15 @@ def export_onnx(module: ExportedModule, names: list[str], example: dict, path: s
     module.eval()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     kwargs = {n: torch.from_numpy(example[n]) for n in names}
-    with _quiet():
-        torch.onnx.export(module, (), path, kwargs=kwargs, dynamo=True, input_names=names,
-                          output_names=module.output_names(), dynamic_shapes={n: {0: batch, 1: seq} for n in names},
-                          external_data=False, verbose=False, optimize=True)
+    try:
+        with _quiet():
+            torch.onnx.export(module, (), path, kwargs=kwargs, dynamo=True, input_names=names,
+                              output_names=module.output_names(), dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+                              external_data=False, verbose=False, optimize=True)
+    except Exception as err:  # the exporter's own errors: an operation it cannot translate, a graph over 2 GB
+        message = " ".join(str(err).split())[:300]
+        raise UserError(f"torch.onnx.export cannot export {type(module.model).__name__} ({type(err).__name__}: "
+                        f"{message})") from None
 
 
 def quantize_int8(src: str, dst: str, float_embeddings: bool = False) -> dict:
