@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from common import machine_info, timed_round_robin
-from kdcore.cli import ArgumentParser, parse_args
-from kdcore.files import atomic_path, atomic_write_json, atomic_write_text
+from kdcore.cli import ArgumentParser, parse_args, run_main
+from kdcore.errors import UserError
+from kdcore.files import atomic_path, atomic_write_json, atomic_write_text, read_json_file
 from kdcore.modeling import load_model, load_tokenizer, read_model_config
-from kdcore.onnx_export import (CLASSIFIER, FP32_FILE, INT8_FILE, SENTENCE_EMBEDDING, ExportedModule, export_onnx,
-                                input_names, ort_session, quantize_int8, token_batches)
+from kdcore.onnx_export import (CLASSIFIER, FP32_FILE, INT8_FILE, RESULTS_FILE, SENTENCE_EMBEDDING, ExportedModule,
+                                export_onnx, input_names, ort_session, quantize_int8, source_identity, token_batches)
 from kdcore.sentence_embeddings import read_pooling
 
 CANDIDATES = ("teacher PyTorch fp32", "student PyTorch fp32", "student ONNX fp32", "student ONNX int8")
@@ -79,6 +80,11 @@ def main(argv=None):
     tokenizer = load_tokenizer(args.student, "--student")
     names = input_names(student.model, tokenizer)
     onnx_dir = args.onnx_dir or os.path.join(args.student, "onnx")
+    record = os.path.join(onnx_dir, RESULTS_FILE)
+    if os.path.isfile(record):  # an export of other weights would time another model
+        made_from = (read_json_file(record, "--onnx_dir", "results file").get("source") or {}).get("sha256")
+        if made_from != source_identity(args.student)["sha256"]:
+            raise UserError(f"--onnx_dir {onnx_dir}: an export of other weights than --student {args.student}")
     with tempfile.TemporaryDirectory(prefix="kd-bench-export-") as tmp:
         if not all(os.path.isfile(os.path.join(onnx_dir, f)) for f in (FP32_FILE, INT8_FILE)):
             print(f"no export in {onnx_dir}: exporting the student into a temporary folder")
@@ -167,4 +173,4 @@ def plot(rows: list[dict], keys: list[str], path: str, seq_len: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -165,7 +165,7 @@ def export_and_gate(args) -> dict:
     dev_file = args.dev_file or os.path.join(SHARED_DATA, DEV_FILES[task_key])
     dev = _read_dev(task_key, dev_file, args.max_examples, config)
     out = os.path.abspath(args.output_dir or os.path.join(args.model_dir, "onnx"))
-    check_writable_dir(out, "--output_dir")
+    check_writable_dir(out, "--output_dir" if args.output_dir else "--output_dir (default MODEL_DIR/onnx)")
     source = source_identity(args.model_dir)
     _check_previous_export(out, source, args.overwrite_output_dir)
     check_length_fits(args.model_dir, args.max_seq_length, "--max_seq_length", "--model_dir")
