@@ -194,3 +194,18 @@ def test_bench_export_tables_the_runtimes(embedding_export, tmp_path, bert_token
         assert all(v > 0 for v in r["sentences_per_s"].values()) and r["bytes"] > 0
     assert rows["student ONNX int8"]["bytes"] == os.path.getsize(os.path.join(model_dir, "onnx", "model_qint8.onnx"))
     assert os.path.getsize(out[:-5] + ".png") > 1000 and "| teacher PyTorch fp32 |" in open(out[:-5] + ".md").read()
+
+
+def test_fp32_mismatch_beyond_the_tolerance_fails_and_writes_nothing(tmp_path, bert_tokenizer, packaged_teacher,
+                                                                     shared_data):
+    """ONNX Runtime's fp32 kernels differ from PyTorch's in the last bits (about 1e-7 here): a tolerance below that
+    makes the gate fail, naming the difference."""
+    model_dir = _embedding_folder(tmp_path / "model", bert_tokenizer, packaged_teacher)
+    out = str(tmp_path / "export")
+    argv = ["--model_dir", model_dir, "--output_dir", out, "--max_examples", "8", "--fp32_tolerance", "1e-12",
+            "--dev_file", os.path.join(shared_data, "glue", "STS-B", "dev.tsv")]
+    code, _, stderr = run_forked(SCRIPT, argv)
+    assert code == 2 and stderr.strip().splitlines()[-1].startswith("export_onnx.py: error: ONNX fp32 differs from "
+                                                                    "PyTorch by "), stderr[-2000:]
+    diff = float(re.search(r"differs from PyTorch by ([\d.e+-]+) ", stderr).group(1))
+    assert 1e-12 < diff < 1e-4 and "--fp32_tolerance 1e-12" in stderr and not os.path.exists(out)
