@@ -15,6 +15,9 @@ by every script, with the script's name from its parser), `describe_run` (the cl
 tags, datasets, pipeline tag), `note_training_progress` / `note_evaluation` (the training loop) and `note_results` (the writers of
 `eval_results.json`, which also refresh the card of the folder they write into). A record describes only folders
 inside its run's `--output_dir`; any other folder gets a card from its config alone, never another run's facts.
+
+Other writers add to a card with `merge_card_section` (a section between `<!-- kd-section: KEY -->` markers, e.g.
+an ONNX export's quality table); rewriting the card keeps those sections.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import datetime
 import functools
 import hashlib
 import os
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass, field
@@ -349,7 +353,45 @@ def write_model_card(folder: str, config=None, results: dict | None = None) -> N
                 facts[key] = saved.get(key, facts[key])
         facts["results"] = results
     atomic_write_json(facts, os.path.join(folder, ARGS_FILE))
-    atomic_write_text(_card_text(folder, config, run, facts), os.path.join(folder, CARD_FILE))
+    kept = "".join(card_sections(_read_card(folder)).values())  # sections other writers merged in stay
+    atomic_write_text(_card_text(folder, config, run, facts) + ("\n" + kept if kept else ""),
+                      os.path.join(folder, CARD_FILE))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sections merged into a card by other writers (e.g. an export's quality table)
+# --------------------------------------------------------------------------------------------------------------
+_SECTION = re.compile(r"<!-- kd-section: ([\w.-]+) -->\n.*?<!-- /kd-section: \1 -->\n", re.S)
+
+
+def _read_card(folder: str) -> str:
+    try:
+        with open(os.path.join(folder, CARD_FILE), encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def card_sections(text: str) -> dict:
+    """{key: section text with its markers} of the merged sections in a card's text, in order."""
+    return {m.group(1): m.group(0) for m in _SECTION.finditer(text)}
+
+
+def merge_card_section(folder: str, key: str, body: str) -> str:
+    """Put `body` (Markdown, typically starting with a `## ` heading) into `folder`/README.md as the section `key`,
+    between `<!-- kd-section: KEY -->` markers: an earlier section of that key is replaced in place, anything else
+    in the card is kept, and a folder without a card gets one holding a title and the section. The card writer
+    (`write_model_card`) keeps such sections when it rewrites the card. Returns the card's path."""
+    path = os.path.join(folder, CARD_FILE)
+    text = _read_card(folder) or f"# {os.path.basename(os.path.abspath(folder))}\n"
+    section = f"<!-- kd-section: {key} -->\n{body.rstrip()}\n<!-- /kd-section: {key} -->\n"
+    old = card_sections(text).get(key)
+    if old is not None:
+        text = text.replace(old, section, 1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    atomic_write_text(text, path)
+    return path
 
 
 def _read_training_args(folder: str) -> dict | None:

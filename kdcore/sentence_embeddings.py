@@ -10,7 +10,7 @@ and normalisation.
 * `load_embedding_folder` – any sentence-embedding folder (HF encoder with its pooling, or a static token
   embedding, `kdcore.static_token_embedding`) as (model, tokenizer, pooling, normalize) for `encode`.
 * `sts_zero_shot_spearman` – Spearman correlation between cos(embedding_a, embedding_b) and the gold similarity of
-  an STS file (GLUE STS-B layout), with no training on STS.
+  an STS file (GLUE STS-B layout), with no training on STS (`sts_spearman`: the same score of given embeddings).
 
 Plain transformers/numpy code: sentence-transformers is only needed to *load* the folders elsewhere.
 """
@@ -233,8 +233,14 @@ def sts_zero_shot_spearman(model: nn.Module, tokenizer, sts_pairs: tuple, mode: 
         a, b, gold = a[:max_examples], b[:max_examples], gold[:max_examples]
     ea = encode(model, tokenizer, a, mode, normalize, batch_size)
     eb = encode(model, tokenizer, b, mode, normalize, batch_size)
+    return {"spearman": sts_spearman(ea, eb, gold), "pairs": len(gold)}
+
+
+def sts_spearman(embeddings_a: np.ndarray, embeddings_b: np.ndarray, gold) -> float:
+    """100 * Spearman's rho between cos(e_a, e_b) row by row and the gold similarity scores."""
+    ea, eb = np.asarray(embeddings_a), np.asarray(embeddings_b)
     cos = (ea * eb).sum(-1) / (np.linalg.norm(ea, axis=-1) * np.linalg.norm(eb, axis=-1)).clip(1e-12)
-    return {"spearman": 100.0 * spearman(cos, gold), "pairs": len(gold)}
+    return 100.0 * spearman(cos, gold)
 
 
 def load_embedding_folder(model_dir: str, argname: str = "--model_dir"):

@@ -83,6 +83,12 @@ def inputs(tmp_path_factory, shared_data, packaged_teacher, bert_tokenizer):
     p["truncated"] = _model_copy(packaged_teacher, f"{t}/truncated", weights=head_bytes)
     p["empty_weights"] = _model_copy(packaged_teacher, f"{t}/empty_weights", weights=b"")
     p["blocker"] = _write(f"{t}/a_file", "")
+    p["onnx_classifier"] = _model_copy(packaged_teacher, f"{t}/onnx_classifier", {
+        "architectures": ["BertForSequenceClassification"], "id2label": {"0": "0", "1": "1"}, "label2id": {"0": 0, "1": 1}})
+    p["onnx_mlm"] = _model_copy(packaged_teacher, f"{t}/onnx_mlm", {"architectures": ["BertForMaskedLM"]})
+    _write(f"{t}/onnx_other/model.onnx", b"\x08\x07")  # an export of other weights, as its results file records
+    _write(f"{t}/onnx_other/export_results.json", json.dumps({"source": {"sha256": "0123456789ab" + "0" * 52}}))
+    p["onnx_other"] = f"{t}/onnx_other"
     # teachers whose only weights are a pickle: one of plain containers (not a state dict), one that would run code
     import torch
 
@@ -248,6 +254,7 @@ BASE = {
                        "--output_dir {out}",
     "eval_embeddings.py": "--model_dir {teacher} --data_dir {emb_data} --max_examples 40 --output_dir {out}",
     "distill_static.py": "--teacher_model {teacher} --pca_dims 8 --output_dir {out}",
+    "export_onnx.py": "--model_dir {teacher} --dev_file {sts} --max_examples 4 --output_dir {out}",
 }
 
 ROWS = [
@@ -456,6 +463,26 @@ ROWS = [
     ("pg-packed-seq-len-two", "pregenerate_training_data.py", "--packed_sequences --max_seq_len 2", "--max_seq_len"),
     ("pg-packed-latin1", "pregenerate_training_data.py", "--packed_sequences --train_corpus {corpus_latin1}", "corpus_latin1.txt:3: not UTF-8 text"),
     ("pg-packed-json", "pregenerate_training_data.py", "--packed_sequences --output_format json", "--packed_sequences"),
+    # export_onnx.py
+    ("onnx-model-missing", "export_onnx.py", "--model_dir {tmp}/no_model", "--model_dir: no such folder"),
+    ("onnx-task-unknown", "export_onnx.py", "--task mnli", "argument --task: invalid choice: 'mnli'"),
+    ("onnx-task-not-the-models", "export_onnx.py", "--task sst-2", "--task sst-2: a sentence-embedding folder is scored on sts-b"),
+    ("onnx-max-drop-negative", "export_onnx.py", "--max_drop -0.1", "argument --max_drop: must be in [0, 100]"),
+    ("onnx-max-drop-nan", "export_onnx.py", "--max_drop nan", "argument --max_drop: must be a finite number"),
+    ("onnx-tolerance-zero", "export_onnx.py", "--fp32_tolerance 0", "argument --fp32_tolerance"),
+    ("onnx-dev-missing", "export_onnx.py", "--dev_file {tmp}/no.tsv", "--dev_file: no such file"),
+    ("onnx-dev-short-row", "export_onnx.py", "--dev_file {sts_short}", "sts_short.tsv:10: expected 10 tab-separated columns"),
+    ("onnx-dev-score-nan", "export_onnx.py", "--dev_file {sts_nan} --max_examples 100", "sts_nan.tsv:10: score 'nan' is not a finite"),
+    ("onnx-sst2-bad-label", "export_onnx.py", "--model_dir {onnx_classifier} --dev_file {glue_label}/train.tsv "
+     "--max_examples 100", "train.tsv:11: label '2' is not one of SST-2's labels"),
+    ("onnx-classifier-without-head", "export_onnx.py", "--model_dir {onnx_classifier} --dev_file {glue}/dev.tsv",
+     "its weights hold no classifier head"),
+    ("onnx-head-unsupported", "export_onnx.py", "--model_dir {onnx_mlm}", "holds a BertForMaskedLM; only sequence classifiers"),
+    ("onnx-output-other-weights", "export_onnx.py", "--output_dir {onnx_other}",
+     "holds an export (model.onnx) of weights 0123456789ab..., not of --model_dir's weights"),
+    ("onnx-output-under-file", "export_onnx.py", "--output_dir {blocker}/onnx", "--output_dir {blocker}/onnx: cannot write there"),
+    ("onnx-seq-length-above-positions", "export_onnx.py", "--max_seq_length 1000", "--max_seq_length 1000 exceeds the 512 positions"),
+    ("onnx-model-remote-code", "export_onnx.py", "--model_dir {remote_code}", "never runs code"),
     ("e2s-default-output-blocked", "eval_seq2seq.py", "--pred {pred_blocked} --output_json=",
      "the scores file beside --pred {pred_blocked}.scores.json: is a folder"),
     # eval_embeddings.py

@@ -45,8 +45,10 @@ def test_module_imports(module):
     importlib.import_module(name)
 
 
-@pytest.mark.parametrize("distribution", ["protobuf", "tensorboard", "sentence-transformers", "sentencepiece"])
+@pytest.mark.parametrize("distribution", ["protobuf", "tensorboard", "sentence-transformers", "sentencepiece",
+                                          "onnx", "onnxruntime", "onnxscript"])
 def test_lazily_used_dependencies_are_installed(distribution):
     """Packages that libraries import lazily (protobuf for SentencePiece conversion, tensorboard for the training
-    log) are installed by the setup command, so those code paths cannot fail mid-run."""
+    log, onnxscript for torch's ONNX exporter) are installed by the setup command, so those code paths cannot fail
+    mid-run."""
     importlib.metadata.version(distribution)

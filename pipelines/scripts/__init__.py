@@ -1,4 +1,5 @@
-"""The code of the commands that span methods (general_distill, task_distill, demo), and the table of every script.
+"""The code of the commands that span methods (general_distill, task_distill, demo, export_onnx, eval_embeddings),
+and the table of every script.
 
 Each script's code is a module `<package>/scripts/<script>.py` with `build_parser()`, `main(argv)` and `command()` (the
 console entry point `kd-<script>`, hyphens for underscores). The repository root keeps a shim `<script>.py` of each so
@@ -19,10 +20,14 @@ SCRIPT_MODULES = {
     "eval_seq2seq": "minilm.scripts.eval_seq2seq",
     "distill_embeddings": "minilm.scripts.distill_embeddings",
     "eval_sts": "minilm.scripts.eval_sts",
+    "distill_static": "minilm.scripts.distill_static",
     # every distillation method (pipelines/methods.py): general, and task distillation's first stage; the whole job
     "general_distill": "pipelines.scripts.general_distill",
     "task_distill": "pipelines.scripts.task_distill",
     "demo": "pipelines.scripts.demo",
+    # shipping and judging students: ONNX + int8 export with a quality gate; the embedding scorecard
+    "export_onnx": "pipelines.scripts.export_onnx",
+    "eval_embeddings": "pipelines.scripts.eval_embeddings",
 }
 
 
