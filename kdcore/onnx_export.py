@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,8 +35,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .files import sha256_file
-from .sentence_embeddings import pool
+from .files import read_json_file, sha256_file
+from .modeling import load_tokenizer
+from .sentence_embeddings import POOLING_MODES, pool
 
 CLASSIFIER = "sequence-classifier"
 SENTENCE_EMBEDDING = "sentence-embedding"
@@ -168,6 +170,41 @@ def ort_session(path: str, threads: int | None = None, spinning: bool = True):
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxEncoder(nn.Module):
+    """An exported sentence-embedding graph behind the interface `kdcore.sentence_embeddings.encode` reads: called
+    with the tokenizer's tensors, it returns an object whose `last_hidden_state` (CPU, float32) the caller pools.
+    No parameters: the weights live in the ONNX Runtime session."""
+
+    def __init__(self, path: str, threads: int | None = None):
+        super().__init__()
+        self.session = ort_session(path, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        feeds = {name: given[name].cpu().numpy().astype(np.int64) for name in self.input_names}
+        (hidden,) = self.session.run(["last_hidden_state"], feeds)
+        return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
+
+
+def load_onnx_encoder(path: str, argname: str = "--model_dir"):
+    """(encoder, tokenizer, pooling mode, normalize) of a sentence-embedding graph written by export_onnx.py: `path`
+    is its `model.onnx` or `model_qint8.onnx`; the tokenizer and the pooling come from its folder (the pooling as
+    `export_results.json` recorded it from the source model)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{argname}: no such file: {path}")
+    folder = os.path.dirname(os.path.abspath(path))
+    results = read_json_file(os.path.join(folder, RESULTS_FILE), argname, "export results")
+    if not isinstance(results, dict) or results.get("kind") != SENTENCE_EMBEDDING:
+        raise UserError(f"{argname} {path}: not a sentence-embedding export (its {RESULTS_FILE} says kind "
+                        f"{results.get('kind') if isinstance(results, dict) else None!r})")
+    mode, normalize = results.get("pooling"), results.get("normalize")
+    if mode not in POOLING_MODES or not isinstance(normalize, bool):
+        raise UserError(f"{os.path.join(folder, RESULTS_FILE)}: pooling {mode!r} / normalize {normalize!r} are not "
+                        f"one of {POOLING_MODES} / true or false")
+    return OnnxEncoder(path), load_tokenizer(folder, argname), mode, normalize
 
 
 def token_batches(tokenizer, texts_a: list[str], texts_b: list[str] | None, names: list[str], batch_size: int,

@@ -155,7 +155,7 @@ def encode(model: nn.Module, tokenizer, sentences: list[str], mode: str = "mean"
 
     A model with a `pooling_mask(input_ids, attention_mask)` method (a static token embedding,
     `kdcore.static_token_embedding`) narrows the tokens pooled over. `progress`: the label of a progress bar."""
-    device = device or next(model.parameters()).device
+    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))  # an ONNX encoder has none
     was_training = model.training
     model.eval()
     out = []

@@ -36,6 +36,7 @@ import torch
 from kdcore.cli import UserError
 from kdcore.files import atomic_write_json, atomic_write_text
 from kdcore.modeling import check_length_fits
+from kdcore.onnx_export import load_onnx_encoder
 from kdcore.sentence_embeddings import encode, load_embedding_folder, read_pooling, read_sts, spearman
 from kdcore.static_token_embedding import is_static_folder
 from minilm.squad import read_squad_file
@@ -248,6 +249,8 @@ def _squad_retrieval(path: str, max_examples: int | None):
 # --------------------------------------------------------------------------------------------------------------
 def check_model_dir(model_dir: str, lengths: dict) -> None:
     """The checks that need no weights: the folder exists, its pooling config reads, the lengths fit."""
+    if model_dir.endswith(".onnx"):  # an export_onnx.py graph: checked when it loads (no weights to wait for)
+        return
     if not os.path.isdir(model_dir):
         raise UserError(f"--model_dir: no such folder: {model_dir}")
     if is_static_folder(model_dir):
@@ -270,7 +273,8 @@ def score_model(model_dir: str, data: ScorecardData, batch_size: int = 32, max_s
                 name: str | None = None) -> dict:
     """The scorecard row of one model folder (HF encoder or static token embedding); `name` labels its progress."""
     start = time.perf_counter()
-    model, tokenizer, mode, normalize = load_embedding_folder(model_dir)
+    onnx = model_dir.endswith(".onnx")
+    model, tokenizer, mode, normalize = load_onnx_encoder(model_dir) if onnx else load_embedding_folder(model_dir)
     loaded = time.perf_counter()
     (sa, sb, gold), (ma, mb, mrpc_y) = data.sts, data.mrpc
     sentences = sa + sb + ma + mb + data.questions + [t for p in data.probes for t in p.train_texts + p.dev_texts]
@@ -302,9 +306,10 @@ def score_model(model_dir: str, data: ScorecardData, batch_size: int = 32, max_s
             raise UserError(f"--model_dir {model_dir}: {key} is not a finite number ({value}): the embeddings hold "
                             f"NaN or infinity")
     return {
-        "path": os.path.abspath(model_dir), "kind": "static" if is_static_folder(model_dir) else "transformer",
+        "path": os.path.abspath(model_dir),
+        "kind": "onnx" if onnx else "static" if is_static_folder(model_dir) else "transformer",
         "pooling": mode, "normalize": bool(normalize),
-        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "parameters": None if onnx else int(sum(p.numel() for p in model.parameters())),  # ONNX: inside the graph
         "hidden_size": int(next(iter(vec.values())).shape[-1]),
         "scores": scores, "probes": probes,
         "texts_encoded": {"sentences": len(vec), "paragraphs": len(par)},
@@ -333,7 +338,8 @@ def scorecard_markdown(card: dict) -> str:
     head = ["model", "kind", "params (M)"] + [COLUMNS[k][0] for k in COLUMNS] + ["average", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in card["models"]:
-        cells = [f"`{row['name']}`", row["kind"], f"{row['parameters'] / 1e6:.1f}"]
+        params = "-" if row["parameters"] is None else f"{row['parameters'] / 1e6:.1f}"
+        cells = [f"`{row['name']}`", row["kind"], params]
         cells += [f"{row['scores'][k]:.2f}" for k in keys] + [f"{row['seconds']['total']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     s = card["settings"]

@@ -209,3 +209,25 @@ def test_fp32_mismatch_beyond_the_tolerance_fails_and_writes_nothing(tmp_path, b
                                                                     "PyTorch by "), stderr[-2000:]
     diff = float(re.search(r"differs from PyTorch by ([\d.e+-]+) ", stderr).group(1))
     assert 1e-12 < diff < 1e-4 and "--fp32_tolerance 1e-12" in stderr and not os.path.exists(out)
+
+
+def test_an_exported_graph_is_a_scorecard_row_equal_to_its_source(embedding_export, shared_data, tmp_path):
+    """eval_embeddings.py scores an export's `model.onnx` (the pooling from its export_results.json) as it scores the
+    PyTorch folder it came from; a classifier's export or a missing file is one clear error."""
+    from kdcore.errors import UserError
+    from kdcore.onnx_export import load_onnx_encoder
+    from pipelines.scripts.eval_embeddings import main as eval_embeddings
+
+    model = embedding_export[0]
+    graph = os.path.join(model, "onnx", "model.onnx")
+    card = eval_embeddings(["--model_dir", model, graph, "--names", "torch", "onnx", "--output_dir",
+                            str(tmp_path / "card"), "--data_dir", shared_data, "--max_examples", "30",
+                            "--paragraph_max_seq_length", "128"])
+    torch_row, onnx_row = card["models"]
+    assert onnx_row["kind"] == "onnx" and onnx_row["parameters"] is None
+    assert (onnx_row["pooling"], onnx_row["normalize"]) == (torch_row["pooling"], torch_row["normalize"])
+    for key in ("sts_b_spearman", "mrpc_ap", "squad_ndcg@10", "squad_mrr@10"):
+        assert onnx_row["scores"][key] == pytest.approx(torch_row["scores"][key], abs=1e-3), key
+    assert "| `onnx` | onnx | - |" in open(tmp_path / "card" / "scorecard.md", encoding="utf-8").read()
+    with pytest.raises(UserError, match="no such file"):
+        load_onnx_encoder(str(tmp_path / "missing.onnx"))

@@ -18,7 +18,7 @@ def build_parser():
     p = ArgumentParser(script="eval_embeddings.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", nargs="+", required=True, identifies=False,
-                   help="model folders to score, one row each (HF encoder or static token embedding)")
+                   help="model folders to score, one row each (HF encoder or static token embedding), or an exported sentence-embedding graph (`export_onnx.py`: its model.onnx or model_qint8.onnx)")
     p.add_argument("--names", nargs="+", default=None, identifies=False,
                    help="row labels, one per --model_dir (default: the folder names, with parents where they clash)")
     p.add_argument("--output_dir", required=True, identifies=False, help="where scorecard.json / .md go")
