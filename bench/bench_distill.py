@@ -54,6 +54,7 @@ from kdcore.families import family_of, get_path  # noqa: E402
 from kdcore.modeling import encoder_layers  # noqa: E402
 from kdcore.objective import SelfAttentionObjective  # noqa: E402
 from kdcore.runtime import set_seed  # noqa: E402
+from kdcore.runtime import keep_freed_memory_for_reuse  # noqa: E402
 from kdcore.trainer import build_optimizer  # noqa: E402
 
 # name: (layers, hidden, heads, intermediate, vocab)
@@ -194,6 +195,8 @@ def main(argv=None):
     sizes = SIZES["smoke" if preset == "smoke" else "bench"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     set_seed(args.seed)
+    if device.type == "cpu":
+        keep_freed_memory_for_reuse()  # as the training runtime does (kdcore.runtime.Runtime)
     bf16_native, bf16_ratio = bf16_is_native(device)
     precision_note = None
     if args.precisions is None:  # the smoke preset always runs both paths (tiny shapes: the emulation costs nothing)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import datetime
 import logging
 import os
 import random
+import sys
 from contextlib import nullcontext
 
 import numpy as np
@@ -104,6 +106,28 @@ def add_runtime_args(parser: argparse.ArgumentParser, defaults: dict | None = No
 # --------------------------------------------------------------------------------------------------------------
 # Process group, device, precision
 # --------------------------------------------------------------------------------------------------------------
+def keep_freed_memory_for_reuse() -> bool:
+    """Make glibc's malloc keep freed memory in the process instead of handing it back to the OS.
+
+    PyTorch has no caching allocator on CPU: every step allocates its activations and gradients afresh (the word
+    embedding's gradient alone is 47 MB for a BERT vocabulary) and frees them at the end. glibc serves blocks above
+    its mmap threshold with fresh mmap'd pages and unmaps them on free, so each step pays a page fault for every
+    4 KiB it touches again (measured: zeroing a fresh 30522 x 384 float tensor 40 ms, an existing one 4 ms). With
+    mmap off (M_MMAP_MAX = 0) and trimming all but off (M_TRIM_THRESHOLD = 2 GiB, the largest int), freed blocks stay in the heap and the next
+    step reuses them; the process keeps its peak size, as a GPU caching allocator does. glibc on Linux only, on CPU;
+    KD_KEEP_FREED_MEMORY=0 turns it off. Returns whether it was applied.
+    """
+    if os.environ.get("KD_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no glibc mallopt
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))  # an int: the largest
+
+
 class Runtime:
     """Distributed setup, device, seeding and mixed precision for one process."""
 
@@ -135,6 +159,8 @@ class Runtime:
         self.local_rank = max(local_rank, 0)
         self.device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
         self.is_main = self.rank == 0
+        if self.device.type == "cpu":
+            keep_freed_memory_for_reuse()
         if getattr(args, "tf32", False) and use_cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
