@@ -39,6 +39,7 @@ each forward at the Q/K/V it needs (MiniLM / MiniLMv2 only; the FLOPs counted st
 import contextlib
 import os
 import sys
+import time
 from types import SimpleNamespace
 
 import torch
@@ -46,7 +47,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    apply_preset, bench_parser, bf16_is_native, machine_info, matmul_flops_per_s, median, report, timed)
+    apply_preset, bench_parser, bf16_is_native, machine_info, matmul_flops_per_s, median, print_table, report, timed)
 
 from pipelines.methods import METHODS  # noqa: E402
 from kdcore import distill  # noqa: E402
@@ -157,16 +158,63 @@ def make_step(objective, batch, amp_dtype, device, variant: str = "current"):
 
     def step():
         ctx = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        start = time.perf_counter()
         with variant_context(variant):
             with ctx:
                 losses = objective(**batch)
+            forward_done = time.perf_counter()
             losses["loss"].backward()
+        backward_done = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         last["loss"] = float(losses["loss"].detach())
+        last["phases"] = {"forward": forward_done - start, "backward": backward_done - forward_done,
+                          "optimizer": time.perf_counter() - backward_done}
 
     return step, last
+
+
+def time_model_forwards(model: torch.nn.Module, name: str, seconds: dict) -> None:
+    """Add the wall time of every forward of `model` to seconds[name] (also a forward a capture stops early)."""
+    inner = model.forward
+
+    def forward(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+    model.forward = forward  # an instance attribute: nn.Module.__call__ looks forward up on the instance
+
+
+def phase_breakdown(steps: dict, repeat: int) -> list[dict]:
+    """Where a step's time goes, per config: the teacher's forward, the student's forward, the rest of the
+    objective's forward (the loss terms and what feeds them), backward, and the optimizer (clipping, AdamW,
+    zero_grad); medians over `repeat` extra steps, run after the timed rounds (the forwards are wrapped by then)."""
+    seconds, wrapped, rows = {}, set(), []
+    for (method, prec, variant), (step, _, last, objective) in steps.items():
+        for name, model in (("teacher", objective.teacher), ("student", objective.student)):
+            if id(model) not in wrapped:  # the teacher is shared by every config
+                time_model_forwards(model, name, seconds)
+                wrapped.add(id(model))
+        samples = []
+        for _ in range(repeat):
+            seconds.clear()
+            step()
+            p = last["phases"]
+            teacher, student = seconds.get("teacher", 0.0), seconds.get("student", 0.0)
+            samples.append({"teacher_fwd_s": teacher, "student_fwd_s": student,
+                            "loss_s": p["forward"] - teacher - student, "backward_s": p["backward"],
+                            "optimizer_s": p["optimizer"], "step_s": sum(p.values())})
+        row = {"method": method, "precision": prec, "variant": variant}
+        row.update({k: median([x[k] for x in samples]) for k in samples[0]})
+        parts = ("teacher_fwd_s", "student_fwd_s", "loss_s", "backward_s", "optimizer_s")
+        for k in parts:  # shares of the parts' sum (a median step need not equal the sum of median parts)
+            row["pct_" + k[:-2]] = 100 * row[k] / sum(row[p] for p in parts)
+        rows.append(row)
+    return rows
 
 
 def main(argv=None):
@@ -188,6 +236,9 @@ def main(argv=None):
                    identifies=False, range=">=0")
     p.add_argument("--matmul_n", type=int, default=None, help="size of the n x n x n yardstick matmul (2048)",
                    identifies=False, range=">=1")
+    p.add_argument("--breakdown", action="store_true",
+                   help="after the timed rounds, --repeat more steps per config split into teacher forward, student "
+                   "forward, loss, backward and optimizer (phase_breakdown)", identifies=False)
     p.add_argument("--seed", type=int, default=0, identifies=False, range="[0,4294967295]")
     p.add_argument("--out", default=os.path.join("bench", "results", "distill.json"), identifies=False)
     args = p.parse_args(argv)
@@ -227,19 +278,19 @@ def main(argv=None):
                 if variant in ("unfused_kl", "full_forward") and method == "tinybert":
                     continue  # TinyBERT has no KL term and needs every layer's output
                 step, last = make_step(objective, batch, dtypes[prec], device, variant)
-                steps[method, prec, variant] = (step, flops, last)
+                steps[method, prec, variant] = (step, flops, last, objective)
     # Interleaved rounds (a, b, c, a, b, c, ...), and every step is paired with a yardstick matmul measured just
     # before it: a busy moment of a shared machine then hits a step and its yardstick alike.
     rounds = {key: [] for key in steps}
     for r in range(args.warmup + args.repeat):
-        for (method, prec, variant), (step, _, _) in steps.items():
+        for (method, prec, variant), (step, _, _, _) in steps.items():
             rate = matmul_flops_per_s(device, dtypes[prec] or torch.float32, n=args.matmul_n, repeat=3)
             seconds = timed(step, repeat=1, warmup=0)
             if r >= args.warmup:
                 rounds[method, prec, variant].append({"step_s": seconds, "matmul_GFLOP_s": rate / 1e9})
 
     rows = []
-    for (method, prec, variant), (_, flops, last) in steps.items():
+    for (method, prec, variant), (_, flops, last, _) in steps.items():
         rs = rounds[method, prec, variant]
         s = median([x["step_s"] for x in rs])
         rows.append({"method": method, "precision": prec, "variant": variant, "step_s": s, "tokens_per_s": tokens / s,
@@ -251,6 +302,13 @@ def main(argv=None):
     for r in rows:
         r["time_vs_first_variant"] = r["step_s"] / first[r["method"], r["precision"]]
     t, s = sizes["teacher"], sizes["student"]
+    title = (f"teacher {t[0]}x{t[1]} -> student {s[0]}x{s[1]}, batch {args.batch_size} x {args.seq_len} "
+             f"({device.type}, {torch.get_num_threads()} threads)")
+    breakdown = phase_breakdown(steps, args.repeat) if args.breakdown else None
+    if breakdown:
+        print_table(f"Where a step's time goes (%), {title}", breakdown,
+                    ["method", "precision", *(["variant"] if len(args.variants) > 1 else []), "step_s",
+                     "pct_teacher_fwd", "pct_student_fwd", "pct_loss", "pct_backward", "pct_optimizer"])
     report(f"General distillation step, teacher {t[0]}x{t[1]} -> student {s[0]}x{s[1]}, batch {args.batch_size} x "
            f"{args.seq_len} ({device.type}, {torch.get_num_threads()} threads)", rows,
            ["method", "precision", *(["variant", "time_vs_first_variant"] if len(args.variants) > 1 else []),
@@ -261,6 +319,7 @@ def main(argv=None):
                ["layers", "hidden", "heads", "intermediate", "vocab"], s)), "batch_size": args.batch_size,
             "seq_len": args.seq_len, "variants": args.variants, "repeat": args.repeat, "warmup": args.warmup,
             "matmul_n": args.matmul_n, "bf16_matmul_vs_fp32": bf16_ratio, "precision_note": precision_note,
+            "breakdown": breakdown,
             "flops_formula": "teacher fwd N*(2*P_t + 4*L_t*T*h_t) + student fwd+bwd 3*N*(2*P_s + 4*L_s*T*h_s) "
                              "[+ tinybert fit_dense 3*N*2*P_w*(L_s+1)]; P = encoder nn.Linear weights"})
 

@@ -120,14 +120,19 @@ def bf16_is_native(device: torch.device, n: int = 512) -> tuple[bool, float]:
     return ratio >= 1.0, ratio
 
 
-def report(name: str, rows: list[dict], columns: list[str], out_json: str, extra: dict | None = None) -> None:
-    """Print `rows` as a Markdown table and write {"benchmark", "machine", "rows", ...} to `out_json`."""
+def print_table(name: str, rows: list[dict], columns: list[str]) -> None:
+    """Print `rows` as a Markdown table headed `## name`."""
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
     print(f"\n## {name}")
     print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print("| " + " | ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)) + " |")
+
+
+def report(name: str, rows: list[dict], columns: list[str], out_json: str, extra: dict | None = None) -> None:
+    """Print `rows` as a Markdown table and write {"benchmark", "machine", "rows", ...} to `out_json`."""
+    print_table(name, rows, columns)
     atomic_write_json({"benchmark": name, **(extra or {}), "rows": rows}, out_json)
     print(f"(written to {out_json})")
 

@@ -169,3 +169,23 @@ def test_gpu_check_dry_run_walks_every_check_on_cpu(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "gpu_check.py")], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no CUDA device" in r.stderr
+
+
+def test_distill_breakdown_splits_every_step(tmp_path):
+    """--breakdown: every method's step splits into teacher forward, student forward, loss, backward and optimizer;
+    the forwards are caught even where a capture stops them early (MiniLM / MiniLMv2), and the parts add up."""
+    out = tmp_path / "distill.json"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "bench_distill.py"), "--smoke", "--breakdown",
+                        "--precisions", "fp32", "--repeat", "2", "--out", str(out)], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Where a step's time goes" in r.stdout
+    data = json.load(open(out))
+    from pipelines.methods import METHODS
+
+    assert [b["method"] for b in data["breakdown"]] == list(METHODS)
+    for b in data["breakdown"]:
+        assert b["teacher_fwd_s"] > 0 and b["student_fwd_s"] > 0 and b["backward_s"] > 0 and b["optimizer_s"] > 0
+        assert b["loss_s"] >= 0  # the two forwards run inside the objective's forward
+        parts = ("teacher_fwd", "student_fwd", "loss", "backward", "optimizer")
+        assert sum(b[f"{p}_s"] for p in parts) == pytest.approx(b["step_s"], rel=0.25)  # nothing counted twice
