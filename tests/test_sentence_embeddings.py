@@ -102,3 +102,16 @@ def test_eval_sts_script_and_width_error(tmp_path, packaged_teacher, shared_data
                                intermediate_size=64))
     with pytest.raises(UserError, match="needs the teacher's hidden size 32"):
         EmbeddingDistillObjective(big, small)
+
+
+def test_embedding_recipe_parses_with_the_script_arguments(tmp_path):
+    """configs/recipes/minilmv2_embedding_demo.yaml goes through distill_embeddings.py's own parser (types, ranges,
+    choices) and describes the comparison's row: relations on, the demo's student and start."""
+    from kdcore.cli import parse_args
+    from minilm.scripts.distill_embeddings import build_parser
+
+    recipe = os.path.join(REPO, "configs", "recipes", "minilmv2_embedding_demo.yaml")
+    args = parse_args(build_parser(), ["--config", recipe, "--teacher_model", "t", "--train_text", "x.txt",
+                                       "--output_dir", str(tmp_path / "out")])
+    assert args.relation_weight > 0 and args.student_init == "teacher_layers" and args.init_layers == "2,4,6"
+    assert os.path.isfile(os.path.join(REPO, args.student_model)) and 0 < args.learning_rate < 1e-2
