@@ -175,6 +175,9 @@ def test_gate_trips_when_int8_damages_the_model(tmp_path, packaged_teacher, shar
     result = _run([*argv, "--float_embeddings"])
     assert result["scores"]["pytorch_fp32"] == pytest.approx(fp32, abs=0.01)
     assert result["int8_drop"] <= 0.5 and "Gather" not in result["quantization"]["op_types"]
+    from kdcore.onnx_export import cpu_has_vnni  # 7-bit weights exactly where AVX2's pair sums could saturate
+
+    assert result["quantization"]["reduce_range"] is (not cpu_has_vnni())
 
 
 def test_bench_export_tables_the_runtimes(embedding_export, tmp_path, bert_tokenizer, packaged_teacher):
