@@ -113,9 +113,9 @@ def keep_freed_memory_for_reuse() -> bool:
     embedding's gradient alone is 47 MB for a BERT vocabulary) and frees them at the end. glibc serves blocks above
     its mmap threshold with fresh mmap'd pages and unmaps them on free, so each step pays a page fault for every
     4 KiB it touches again (measured: zeroing a fresh 30522 x 384 float tensor 40 ms, an existing one 4 ms). With
-    mmap off (M_MMAP_MAX = 0) and trimming all but off (M_TRIM_THRESHOLD = 2 GiB, the largest int), freed blocks stay in the heap and the next
-    step reuses them; the process keeps its peak size, as a GPU caching allocator does. glibc on Linux only, on CPU;
-    KD_KEEP_FREED_MEMORY=0 turns it off. Returns whether it was applied.
+    mmap off (M_MMAP_MAX = 0) and trimming all but off (M_TRIM_THRESHOLD = 2 GiB, the largest int), freed blocks
+    stay in the heap and the next step reuses them; the process keeps its peak size, as a GPU caching allocator
+    does. glibc on Linux only, on CPU; KD_KEEP_FREED_MEMORY=0 turns it off. Returns whether it was applied.
     """
     if os.environ.get("KD_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return False
