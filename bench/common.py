@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -15,6 +14,7 @@ sys.path.insert(0, REPO)
 
 from kdcore.cli import ArgumentParser  # noqa: E402
 from kdcore.files import atomic_write_json, default_data_dir  # noqa: E402
+from kdcore.runtime import cpu_model_and_flags as kdcore_cpu_model_and_flags  # noqa: E402
 
 
 def bench_parser(doc: str, preset_helps: dict, data_dir: bool = False):
@@ -84,21 +84,9 @@ def matmul_flops_per_s(device: torch.device, dtype=torch.float32, n: int = 1024,
 
 
 def cpu_model_and_flags() -> tuple[str, list[str]]:
-    """The CPU's model name and the matrix / vector extensions that decide its bf16 speed (Linux; else platform)."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-                    flags = [flag for flag in wanted if flag in value.split()]
-                    break
-    except OSError:
-        pass
-    return model, flags
+    """The CPU's model name and the matrix / vector extensions that decide its bf16 speed."""
+    model, flags = kdcore_cpu_model_and_flags()
+    return model, [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if flag in flags]
 
 
 def machine_info(device: torch.device) -> dict:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .files import read_json_file, sha256_file
 from .modeling import load_tokenizer
+from .runtime import cpu_model_and_flags
 from .sentence_embeddings import POOLING_MODES, pool
 
 CLASSIFIER = "sequence-classifier"
@@ -144,14 +145,8 @@ def export_onnx(module: ExportedModule, names: list[str], example: dict, path: s
 
 
 def cpu_has_vnni() -> bool:
-    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8), read from
-    /proc/cpuinfo; False where that file is missing."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_model_and_flags()[1])
 
 
 def quantize_int8(src: str, dst: str, float_embeddings: bool = False) -> dict:

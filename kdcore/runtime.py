@@ -14,6 +14,7 @@ import ctypes
 import datetime
 import logging
 import os
+import platform
 import random
 import sys
 from contextlib import nullcontext
@@ -106,6 +107,24 @@ def add_runtime_args(parser: argparse.ArgumentParser, defaults: dict | None = No
 # --------------------------------------------------------------------------------------------------------------
 # Process group, device, precision
 # --------------------------------------------------------------------------------------------------------------
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and its feature flags, read once from /proc/cpuinfo (elsewhere: platform's name, no
+    flags)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
 def keep_freed_memory_for_reuse() -> bool:
     """Make glibc's malloc keep freed memory in the process instead of handing it back to the OS.
 
