@@ -28,14 +28,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdcore.pairwise_maps import MAX_CHUNK_ELEMENTS, fp32_only, map_chunks
+
 # What padded keys are filled with before the softmax: finite, so a row with no real key gives a uniform (finite)
 # distribution instead of NaN; exp(MASK_VALUE - max) underflows to exactly 0 whenever a row has a real key.
 MASK_VALUE = torch.finfo(torch.float32).min
-
-
-def _fp32(device: torch.device):
-    """Context manager that turns autocast off on `device`, so matmul/softmax below really run in float32."""
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +63,7 @@ def scaled_dot_logits(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Te
     with Z[b, h, i, j] = MASK_VALUE (finite) where key j is padding (m[b, j] = 0). Shapes (B, H, T, d) -> (B, H, T, T).
     softmax(Z) over the last dim is an attention distribution (a = Q, b = K) or a self-attention relation (a = b).
     """
-    with _fp32(a.device):
+    with fp32_only(a.device):
         scale = 1.0 / math.sqrt(a.size(-1))
         z = torch.matmul(a.float(), b.float().transpose(-1, -2)) * scale
         key_is_pad = ~attention_mask.bool()[:, None, None, :]
@@ -86,7 +83,7 @@ def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, at
         raise ValueError(
             f"relation shapes differ: teacher {tuple(teacher_logits.shape)} vs student {tuple(student_logits.shape)}"
         )
-    with _fp32(student_logits.device):
+    with fp32_only(student_logits.device):
         log_p = F.log_softmax(teacher_logits.float(), dim=-1)
         log_s = F.log_softmax(student_logits.float(), dim=-1)
         m = attention_mask.bool()
@@ -98,23 +95,6 @@ def masked_row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, at
         kl = p * (log_p - log_s)
         num_rows = m.sum() * teacher_logits.size(1)
         return kl.sum() / num_rows.clamp_min(1)
-
-
-# Elements of one (examples x heads x T x T) fp32 chunk: 2**20 = 4 MiB; about four such tensors are alive at once.
-# The softmax / exp / product passes are memory-bound: chunks that stay in the CPU's caches run up to twice as fast
-# as 64 MiB ones (bench/bench_relation_loss.py --chunk_elements), and bigger ones gain nothing on a GPU.
-MAX_CHUNK_ELEMENTS = 2**20
-
-
-def _chunks(batch: int, heads: int, seq_len: int, max_elements: int):
-    """(example slice, head slice) pairs covering B x H, each chunk holding at most max(max_elements, T*T)
-    elements of a T x T map: whole batches of several heads when they fit, else fewer examples of one head."""
-    per_head = batch * seq_len * seq_len
-    if per_head <= max_elements:
-        step = max(1, max_elements // per_head)
-        return [(slice(0, batch), slice(h, min(h + step, heads))) for h in range(0, heads, step)]
-    step = max(1, max_elements // (seq_len * seq_len))
-    return [(slice(b, min(b + step, batch)), slice(h, h + 1)) for h in range(heads) for b in range(0, batch, step)]
 
 
 class _PairwiseRowKL(torch.autograd.Function):
@@ -131,8 +111,8 @@ class _PairwiseRowKL(torch.autograd.Function):
         m = attention_mask.bool()
         padded = not bool(m.all())  # packed corpora have no padding: then every masking pass is skipped
         total = torch.zeros((), dtype=torch.float64, device=s_a.device)
-        with _fp32(s_a.device):
-            for bs, hs in _chunks(B, H, T, max_elements):
+        with fp32_only(s_a.device):
+            for bs, hs in map_chunks(B, H, T, max_elements):
                 # The 1/sqrt(d) goes on one (B, h, T, d) operand: no extra pass over a T x T map.
                 log_p = torch.matmul(t_a[bs, hs] * scale_t, t_b[bs, hs].transpose(-1, -2))
                 log_s = torch.matmul(s_a[bs, hs] * scale_s, s_b[bs, hs].transpose(-1, -2))

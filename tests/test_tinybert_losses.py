@@ -1,4 +1,4 @@
-"""TinyBERT's attention-score MSE computed from Q and K (Gram matrices, no T x T map) equals the map-based losses
+"""TinyBERT's attention-score MSE computed from Q and K chunk by chunk (analytic gradient) equals the map-based losses
 in value and gradient, with and without padding, for both reductions."""
 import pytest
 import torch
@@ -29,10 +29,11 @@ def _reference(q_s, k_s, q_t, k_t, mask, reduction):
 
 @pytest.mark.parametrize("reduction", ["real_tokens", "original"])
 @pytest.mark.parametrize("pad", [True, False])
-def test_gram_form_equals_the_score_maps_in_value_and_gradient(reduction, pad):
+@pytest.mark.parametrize("chunk_elements", [1, 2 * 9 * 9, 2**20])  # one example of one head, 2 examples, all at once
+def test_chunked_form_equals_the_score_maps_in_value_and_gradient(reduction, pad, chunk_elements):
     for seed in range(3):
         q_s, k_s, q_t, k_t, mask = _inputs(seed, pad=pad)
-        ours = attention_score_mse_from_qk(q_s, k_s, q_t, k_t, mask, reduction)
+        ours = attention_score_mse_from_qk(q_s, k_s, q_t, k_t, mask, reduction, max_chunk_elements=chunk_elements)
         grads = torch.autograd.grad(ours, (q_s, k_s))
         ref = _reference(q_s, k_s, q_t, k_t, mask, reduction)
         ref_grads = torch.autograd.grad(ref, (q_s, k_s))
@@ -63,3 +64,19 @@ def test_head_counts_must_match():
     q_s, k_s, q_t, k_t, mask = _inputs(0)
     with pytest.raises(ValueError, match="equal head counts"):
         attention_score_mse_from_qk(q_s, k_s, q_t[:, :2], k_t[:, :2], mask)
+
+
+def test_bf16_inputs_give_the_fp32_value_and_gradients_in_their_own_dtype():
+    q_s, k_s, q_t, k_t, mask = _inputs(4)
+    as_bf16 = [x.detach().bfloat16().requires_grad_(i < 2) for i, x in enumerate((q_s, k_s, q_t, k_t))]
+    ours = attention_score_mse_from_qk(*as_bf16, mask)
+    grads = torch.autograd.grad(ours, as_bf16[:2])
+    ref = _reference(*(x.detach().double().requires_grad_(i < 2) for i, x in enumerate(as_bf16)), mask, "real_tokens")
+    assert ours.dtype == torch.float32 and ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert all(g.dtype == torch.bfloat16 for g in grads)
+
+
+def test_a_teacher_with_gradients_is_refused():
+    q_s, k_s, q_t, k_t, mask = _inputs(0)
+    with pytest.raises(ValueError, match="no gradient"):
+        attention_score_mse_from_qk(q_s, k_s, q_t.requires_grad_(), k_t, mask)

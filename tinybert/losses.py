@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kdcore.pairwise_maps import MAX_CHUNK_ELEMENTS, fp32_only, map_chunks
 from kdcore.student_init import uniform_layer_map
 
 
@@ -65,47 +66,76 @@ def attention_score_mse(student_scores: torch.Tensor, teacher_scores: torch.Tens
     return diff.pow(2).sum() / num_pairs.clamp_min(1)
 
 
+class _ScoreMapSquaredError(torch.autograd.Function):
+    """sum_{b,h,i,j} (c_s Q_s K_s^T - c_t Q_t K_t^T)^2 and its gradient w.r.t. the student's Q_s and K_s, computed
+    chunk by chunk in the forward pass; backward only rescales the stored gradients (nothing T x T is kept)."""
+
+    @staticmethod
+    def forward(ctx, q_s, k_s, q_t, k_t, max_elements):
+        B, H, T, _ = q_s.shape
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_q = torch.empty_like(q_s) if want_grad else None
+        grad_k = torch.empty_like(k_s) if want_grad else None
+        c_s, c_t = q_s.size(-1) ** -0.5, q_t.size(-1) ** -0.5
+        total = torch.zeros((), dtype=torch.float64, device=q_s.device)
+        with fp32_only(q_s.device):
+            for bs, hs in map_chunks(B, H, T, max_elements):
+                # E = A_s - A_t for this chunk; the scales go on one (B, h, T, d) operand each
+                diff = torch.matmul(q_s[bs, hs] * c_s, k_s[bs, hs].transpose(-1, -2))
+                diff.sub_(torch.matmul(q_t[bs, hs] * c_t, k_t[bs, hs].transpose(-1, -2)))
+                total += torch.dot(diff.view(-1), diff.view(-1)).double()
+                if want_grad:  # dL/dQ_s = 2 c_s E K_s,  dL/dK_s = 2 c_s E^T Q_s
+                    grad_q[bs, hs] = torch.matmul(diff, k_s[bs, hs]).mul_(2 * c_s)
+                    grad_k[bs, hs] = torch.matmul(diff.transpose(-1, -2), q_s[bs, hs]).mul_(2 * c_s)
+                del diff
+        ctx.save_for_backward(grad_q, grad_k)
+        return total.float()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_q, grad_k = ctx.saved_tensors
+        return grad_q * grad_out, grad_k * grad_out, None, None, None
+
+
 def attention_score_mse_from_qk(student_query: torch.Tensor, student_key: torch.Tensor, teacher_query: torch.Tensor,
                                 teacher_key: torch.Tensor, attention_mask: torch.Tensor,
-                                reduction: str = "real_tokens") -> torch.Tensor:
+                                reduction: str = "real_tokens",
+                                max_chunk_elements: int = MAX_CHUNK_ELEMENTS) -> torch.Tensor:
     """`attention_score_mse` ("real_tokens") or `attention_score_mse_original` ("original") of the raw scores
-    A = c Q K^T (c = 1/sqrt(d)), computed from the (B, H, T, d) queries and keys without forming any T x T map.
+    A = c Q K^T (c = 1/sqrt(d), each model's own head size), from the (B, H, T, d) queries and keys, with memory
+    bounded by `max_chunk_elements` elements of T x T maps instead of B x H x T x T per tensor kept for backward.
 
     The pair mask of real (query, key) pairs is the outer product m_i m_j, so it folds into the operands:
-    Q~ = m * Q, K~ = m * K ("original" masks the keys only: padded queries count there). Then, per (b, h),
+    Q~ = m * Q, K~ = m * K ("original" masks the keys only: padded queries count there). Then
 
-        ||c_s Q~_s K~_s^T - c_t Q~_t K~_t^T||_F^2
-            = c_s^2 <G(Q~_s, Q~_s), G(K~_s, K~_s)> - 2 c_s c_t <G(Q~_s, Q~_t), G(K~_s, K~_t)>
-              + c_t^2 <G(Q~_t, Q~_t), G(K~_t, K~_t)>,          G(X, Y) = X^T Y (d x d),  <X, Y> = sum X * Y,
+        L = sum_{b,h,i,j} E_{bhij}^2 / count,   E = c_s Q~_s K~_s^T - c_t Q~_t K~_t^T,
+        dL/dQ~_s = 2 c_s E K~_s / count,         dL/dK~_s = 2 c_s E^T Q~_s / count,
 
-    summed over (b, h) and divided by H * sum_b n_b^2 (real pairs) or by B * H * T * T ("original"). That is
-    O(T d^2) work and memory instead of O(T^2 d) and T^2 per head; autograd through the Gram matrices gives the
-    exact gradient (c_s (A_s - A_t) K~_s for the student's queries, and likewise for its keys). The Grams are
-    formed in float64, so the difference of the three terms keeps its digits. Equal to the map-based losses up
-    to rounding (tests/test_tinybert_losses.py); "original" differs only where a real score is at or below -100,
-    which TinyBERT's code would also have zeroed.
+    count = H * sum_b n_b^2 (real pairs) or B * H * T * T ("original"). E, the value and both gradients are formed
+    chunk by chunk in float32 (autocast off), the chunks' sums added in float64; E itself is computed as one
+    difference, so the value keeps its digits when student and teacher nearly agree. Equal to the map-based losses
+    up to rounding (tests/test_tinybert_losses.py); "original" differs only where a real score is at or below -100,
+    which TinyBERT's code would also have zeroed. The teacher side must carry no gradient.
     """
     if student_query.shape[:3] != teacher_query.shape[:3]:
         raise ValueError(f"attention shapes differ: student {tuple(student_query.shape)} vs teacher "
                          f"{tuple(teacher_query.shape)} (TinyBERT's attention loss needs equal head counts)")
+    if torch.is_grad_enabled() and (teacher_query.requires_grad or teacher_key.requires_grad):
+        raise ValueError("the teacher's queries and keys must carry no gradient (run the teacher under torch.no_grad())")
     b, h, t = student_query.shape[:3]
-    real = attention_mask.to(torch.float64)  # (B, T)
-    m = real[:, None, :, None]  # (B, 1, T, 1)
-    with torch.autocast(device_type=student_query.device.type, enabled=False):
-        qs, ks = student_query.double(), student_key.double() * m
-        qt, kt = teacher_query.double(), teacher_key.double() * m
-        if reduction == "original":
-            count = b * h * t * t
-        else:
+    qs, ks, qt, kt = (x.float() for x in (student_query, student_key, teacher_query, teacher_key))
+    real = attention_mask.to(torch.float32)  # (B, T)
+    if not bool(attention_mask.bool().all()):  # packed corpora have no padding: no masking pass then
+        m = real[:, None, :, None]  # (B, 1, T, 1)
+        ks, kt = ks * m, kt * m
+        if reduction != "original":
             qs, qt = qs * m, qt * m
-            count = h * real.sum(-1).pow(2).sum()
-        cs, ct = qs.size(-1) ** -0.5, qt.size(-1) ** -0.5
-
-        def inner(q1, q2, k1, k2):  # sum over (b, h) of <Q1^T Q2, K1^T K2>
-            return (q1.transpose(-1, -2) @ q2 * (k1.transpose(-1, -2) @ k2)).sum()
-
-        total = cs * cs * inner(qs, qs, ks, ks) - 2 * cs * ct * inner(qs, qt, ks, kt) + ct * ct * inner(qt, qt, kt, kt)
-        return (total / count).float()
+    if reduction == "original":
+        count = torch.tensor(float(b * h * t * t), dtype=torch.float64)
+    else:
+        count = h * real.double().sum(-1).pow(2).sum()
+    total = _ScoreMapSquaredError.apply(qs, ks, qt, kt, int(max_chunk_elements))
+    return (total.double() / count.clamp_min(1)).float()
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
