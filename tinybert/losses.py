@@ -124,18 +124,17 @@ def attention_score_mse_from_qk(student_query: torch.Tensor, student_key: torch.
         raise ValueError("the teacher's queries and keys must carry no gradient (run the teacher under torch.no_grad())")
     b, h, t = student_query.shape[:3]
     qs, ks, qt, kt = (x.float() for x in (student_query, student_key, teacher_query, teacher_key))
-    real = attention_mask.to(torch.float32)  # (B, T)
     if not bool(attention_mask.bool().all()):  # packed corpora have no padding: no masking pass then
-        m = real[:, None, :, None]  # (B, 1, T, 1)
+        m = attention_mask.to(torch.float32)[:, None, :, None]  # (B, 1, T, 1)
         ks, kt = ks * m, kt * m
         if reduction != "original":
             qs, qt = qs * m, qt * m
     if reduction == "original":
-        count = torch.tensor(float(b * h * t * t), dtype=torch.float64)
+        count = b * h * t * t
     else:
-        count = h * real.double().sum(-1).pow(2).sum()
+        count = (h * attention_mask.double().sum(-1).pow(2).sum()).clamp_min(1)
     total = _ScoreMapSquaredError.apply(qs, ks, qt, kt, int(max_chunk_elements))
-    return (total.double() / count.clamp_min(1)).float()
+    return (total.double() / count).float()
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
