@@ -1,4 +1,5 @@
-"""General-distillation step throughput: teacher 12x768 (BERT-base shape) -> student 6x384, fp32 and bf16.
+"""General-distillation step throughput: teacher 12x768 (BERT-base shape) -> student 6x384 (or, with --sizes demo,
+the demo's 6x384 -> 3x384), fp32 and bf16.
 
 One step is what the training runtime does per optimizer step: the real objective's forward under autocast (frozen
 teacher without gradients + student), backward, global-norm clipping (1.0), AdamW step, zero_grad. Methods: every
@@ -32,7 +33,7 @@ autograd reference (masked_row_kl over scaled_dot_logits), i.e. the loss as it w
 `full_forward` runs the teacher and the student to their last layer's output, as before the capture stopped
 each forward at the Q/K/V it needs (MiniLM / MiniLMv2 only; the FLOPs counted stay the needed ones).
 
-    python bench/bench_distill.py [--full | --smoke] [--methods tinybert minilm minilmv2] [--precisions fp32 bf16]
+    python bench/bench_distill.py [--full | --smoke] [--sizes bench|demo] [--methods tinybert minilm minilmv2] [--precisions fp32 bf16]
                                   [--variants current unfused_kl full_forward] [--batch_size 32] [--seq_len 128] [--repeat N]
                                   [--out bench/results/distill.json]
 """
@@ -61,6 +62,8 @@ from kdcore.trainer import build_optimizer  # noqa: E402
 # name: (layers, hidden, heads, intermediate, vocab)
 SIZES = {
     "bench": {"teacher": (12, 768, 12, 3072, 30522), "student": (6, 384, 12, 1536, 30522)},
+    # the demo's pair, all-MiniLM-L6-v2 -> 3 x 384 (the shapes ../shared/perfpeer times against the original scripts)
+    "demo": {"teacher": (6, 384, 12, 1536, 30522), "student": (3, 384, 12, 1536, 30522)},
     # smoke: tiny shapes that keep the methods' constraints (layers divide, equal heads, the default 48 relation
     # heads divide both hidden sizes)
     "smoke": {"teacher": (2, 96, 4, 192, 1000), "student": (1, 48, 4, 96, 1000)},
@@ -228,6 +231,9 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", choices=["current", "unfused_kl", "full_forward"], default=["current"],
                    help="toolkit states to compare in the same interleaved rounds (module docstring)",
                    identifies=False)
+    p.add_argument("--sizes", choices=["bench", "demo"], default="bench",
+                   help="model shapes: bench = 12x768 -> 6x384 (BERT-base shape), demo = 6x384 -> 3x384 (the "
+                   "demo's all-MiniLM-L6-v2 pair); --smoke uses tiny ones", identifies=False)
     p.add_argument("--batch_size", type=int, default=None, identifies=False, range=">=1")
     p.add_argument("--seq_len", type=int, default=None, identifies=False, range=">=1")
     p.add_argument("--repeat", type=int, default=None, help="timed steps per config (interleaved rounds)",
@@ -243,7 +249,7 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join("bench", "results", "distill.json"), identifies=False)
     args = p.parse_args(argv)
     preset = apply_preset(args, PRESETS)
-    sizes = SIZES["smoke" if preset == "smoke" else "bench"]
+    sizes = SIZES["smoke" if preset == "smoke" else args.sizes]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     set_seed(args.seed)
     if device.type == "cpu":
