@@ -33,9 +33,9 @@ autograd reference (masked_row_kl over scaled_dot_logits), i.e. the loss as it w
 `full_forward` runs the teacher and the student to their last layer's output, as before the capture stopped
 each forward at the Q/K/V it needs (MiniLM / MiniLMv2 only; the FLOPs counted stay the needed ones).
 
-    python bench/bench_distill.py [--full | --smoke] [--sizes bench|demo] [--methods tinybert minilm minilmv2] [--precisions fp32 bf16]
-                                  [--variants current unfused_kl full_forward] [--batch_size 32] [--seq_len 128] [--repeat N]
-                                  [--out bench/results/distill.json]
+    python bench/bench_distill.py [--full | --smoke] [--sizes bench|demo] [--methods tinybert minilm minilmv2]
+                                  [--precisions fp32 bf16] [--variants current unfused_kl full_forward]
+                                  [--batch_size 32] [--seq_len 128] [--repeat N] [--out bench/results/distill.json]
 """
 import contextlib
 import os
@@ -231,7 +231,7 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", choices=["current", "unfused_kl", "full_forward"], default=["current"],
                    help="toolkit states to compare in the same interleaved rounds (module docstring)",
                    identifies=False)
-    p.add_argument("--sizes", choices=["bench", "demo"], default="bench",
+    p.add_argument("--sizes", choices=[name for name in SIZES if name != "smoke"], default="bench",
                    help="model shapes: bench = 12x768 -> 6x384 (BERT-base shape), demo = 6x384 -> 3x384 (the "
                    "demo's all-MiniLM-L6-v2 pair); --smoke uses tiny ones", identifies=False)
     p.add_argument("--batch_size", type=int, default=None, identifies=False, range=">=1")
